@@ -1,0 +1,99 @@
+"""The validated configuration of one training run; unknown keys and bad values are errors."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rst_tune.data import DATASETS, DEFAULT_DATA_DIR
+from rst_tune.models import MODELS
+from rst_tune.schedules import Schedule, make_schedule
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the offending key."""
+
+
+class ScheduleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "constant"
+    params: dict[str, float] = Field(default_factory=lambda: {"p": 0.5})
+
+    @model_validator(mode="after")
+    def _builds(self) -> ScheduleConfig:
+        make_schedule(self.name, **self.params)
+        return self
+
+    def build(self) -> Schedule:
+        return make_schedule(self.name, **self.params)
+
+
+class TrainConfig(BaseModel):
+    """Everything one run needs. Defaults: the embedded digits, a small CNN, RST at p = 0.5."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    data_dir: str = DEFAULT_DATA_DIR
+    download: bool = False
+    label_noise: float = Field(0.0, ge=0.0, le=1.0)
+    model: Literal[MODELS] = "digits_cnn"  # type: ignore[valid-type]
+    model_params: dict[str, Any] = Field(default_factory=dict)
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    rho: float = Field(0.05, ge=0.0)
+    adaptive: bool = False
+    grst_weight: float | None = Field(None, ge=0.0)
+    alpha_max: float = Field(4.0, gt=0.0)
+
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value != "auto" and value.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device {value!r} must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=true needs momentum > 0")
+        return self
+
+
+def load_config(values: dict[str, Any]) -> TrainConfig:
+    """Validate a mapping (from YAML, the CLI or a search) into a TrainConfig, or raise ConfigError
+    with one line per problem, each naming its key."""
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "config"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{key}: {message}" + (f" (got {problem['input']!r})" if problem["type"] != "extra_forbidden" and not isinstance(problem["input"], dict) else ""))
+    return "; ".join(lines)

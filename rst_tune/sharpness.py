@@ -1,0 +1,170 @@
+"""RandomizedSAM: randomized sharpness-aware training (RST) and its G-RST form, as a torch optimizer.
+
+Each `step` draws one Bernoulli(p(s / total_steps)) from the optimizer's own generator. On 0 it
+takes a plain step of the base optimizer (one forward-backward); on 1 a sharpness-aware step (two):
+    g1 = ∇L(θ),  e = ρ·g1/‖g1‖  (ASAM: ρ·w²⊙g1/‖|w|⊙g1‖),  g2 = ∇L(θ + e),
+    g  = (1 − α)·g1 + α·g2,  with α = 1 (RST, SAM) or α = min(λ_G / p, alpha_max) (G-RST),
+then restores θ from a copy and lets the base optimizer step with g. With α = λ_G / p the expected
+update equals gradient-norm regularisation with weight λ_G at every step, whatever the schedule.
+No value is read back from the device inside a step.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+class RandomizedSAM(torch.optim.Optimizer):
+    """Wraps `base_optimizer` (sharing its param_groups) and mixes SGD and sharpness-aware steps.
+
+    `schedule` maps training progress in [0, 1] to p in [0, 1] (see `rst_tune.schedules`).
+    With `model` given, BatchNorm running statistics are left untouched by the perturbed pass.
+    `max_grad_norm` clips the final gradient; `grad_scaler` (fp16) unscales it once before the
+    base step, which it then takes (and skips on overflow). `alpha_max` bounds the G-RST α.
+    """
+
+    def __init__(
+        self,
+        base_optimizer: torch.optim.Optimizer,
+        schedule: Callable[[float], float],
+        total_steps: int,
+        *,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        grst_weight: float | None = None,
+        alpha_max: float = 4.0,
+        seed: int = 0,
+        model: nn.Module | None = None,
+        max_grad_norm: float | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
+    ):
+        if rho < 0:
+            raise ValueError(f"rho={rho} must be >= 0")
+        if total_steps < 1:
+            raise ValueError(f"total_steps={total_steps} must be >= 1")
+        if alpha_max <= 0:
+            raise ValueError(f"alpha_max={alpha_max} must be > 0")
+        if grst_weight is not None and grst_weight < 0:
+            raise ValueError(f"grst_weight={grst_weight} must be >= 0 (or None for plain RST)")
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm={max_grad_norm} must be > 0")
+        super().__init__(base_optimizer.param_groups, base_optimizer.defaults)
+        self.base_optimizer = base_optimizer
+        self.param_groups = base_optimizer.param_groups
+        self.schedule, self.total_steps = schedule, total_steps
+        self.rho, self.adaptive, self.grst_weight, self.alpha_max = rho, adaptive, grst_weight, alpha_max
+        self.max_grad_norm, self.grad_scaler = max_grad_norm, grad_scaler
+        self._norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if model else []
+        self._rng = random.Random(seed)
+        self.steps = self.sam_steps = self.propagations = 0
+        self.expected_propagations = 0.0
+        self.last_was_sam = False
+        self._theta: list[torch.Tensor] | None = None
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _run(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        self.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = closure()
+        self.propagations += 1
+        return loss
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        """One RST step; `closure` runs forward and backward and returns the loss of its pass."""
+        if closure is None:
+            raise ValueError("RandomizedSAM.step needs a closure that runs forward and backward")
+        p = float(self.schedule(min(self.steps / self.total_steps, 1.0)))
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"schedule returned p={p} at step {self.steps}; it must lie in [0, 1]")
+        self.last_was_sam = self._rng.random() < p
+        self.expected_propagations += 1 + p
+        self.steps += 1
+        loss = self._run(closure)
+        if self.last_was_sam:
+            self.sam_steps += 1
+            alpha = 1.0 if self.grst_weight is None else min(self.grst_weight / p, self.alpha_max)
+            self._sharpness_aware_gradient(closure, alpha)
+        self._update()
+        return loss
+
+    def _sharpness_aware_gradient(self, closure: Callable[[], torch.Tensor], alpha: float) -> None:
+        params = [p for p in self._params() if p.grad is not None]
+        g1 = [p.grad for p in params]
+        if self._theta is None or len(self._theta) != len(params):
+            self._theta = [torch.empty_like(p) for p in params]
+        torch._foreach_copy_(self._theta, params)
+        if self.adaptive:
+            e = torch._foreach_mul(g1, params)  # w⊙g1, whose norm equals ‖|w|⊙g1‖
+            scale = self._ascent_scale(e)
+            torch._foreach_mul_(e, params)
+            torch._foreach_mul_(e, scale)
+        elif alpha == 1.0:  # g1 is not needed after the ascent: scale it in place
+            torch._foreach_mul_(g1, self._ascent_scale(g1))
+            e = g1
+        else:
+            e = torch._foreach_mul(g1, self._ascent_scale(g1))
+        torch._foreach_add_(params, e)
+        with self._frozen_batchnorm():
+            self._run(closure)
+        torch._foreach_copy_(params, self._theta)
+        if alpha != 1.0:
+            g2 = [p.grad for p in params]
+            torch._foreach_lerp_(g1, g2, alpha)  # g1 + α(g2 − g1) = (1 − α)·g1 + α·g2
+            for p, g in zip(params, g1):
+                p.grad = g
+
+    def _ascent_scale(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """ρ / ‖grads‖ as a device scalar; 0 when the norm is 0 or not finite (fp16 overflow)."""
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        usable = torch.isfinite(norm) & (norm > 0)
+        return torch.where(usable, self.rho / torch.where(usable, norm, 1.0), 0.0)
+
+    def _update(self) -> None:
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.base_optimizer)
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self._params(), self.max_grad_norm, foreach=True)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.base_optimizer)
+            self.grad_scaler.update()
+        else:
+            self.base_optimizer.step()
+
+    @contextmanager
+    def _frozen_batchnorm(self) -> Iterator[None]:
+        """The perturbed pass normalises with batch statistics but does not move the running ones."""
+        tracked = [m.track_running_stats for m in self._norms]
+        try:
+            for m in self._norms:
+                m.track_running_stats = False
+            yield
+        finally:
+            for m, t in zip(self._norms, tracked):
+                m.track_running_stats = t
+
+    def state_dict(self) -> dict:
+        return {
+            "base": self.base_optimizer.state_dict(),
+            "steps": self.steps,
+            "sam_steps": self.sam_steps,
+            "propagations": self.propagations,
+            "expected_propagations": self.expected_propagations,
+            "last_was_sam": self.last_was_sam,
+            "rng": self._rng.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.base_optimizer.load_state_dict(state_dict["base"])
+        self.steps, self.sam_steps = state_dict["steps"], state_dict["sam_steps"]
+        self.propagations = state_dict["propagations"]
+        self.expected_propagations = state_dict["expected_propagations"]
+        self.last_was_sam = state_dict["last_was_sam"]
+        self._rng.setstate(state_dict["rng"])

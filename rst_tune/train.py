@@ -1,0 +1,209 @@
+"""One training run end to end: RST/G-RST epochs, evaluation, per-epoch metrics, checkpoint/restore.
+
+This is what a search trial wraps. Inside an epoch nothing is read back from the device: losses
+and correct counts accumulate on it and are read once, when the epoch's metrics are made.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rst_tune.config import ConfigError, TrainConfig
+from rst_tune.data import ImageData, load_dataset
+from rst_tune.models import build_model
+from rst_tune.sharpness import RandomizedSAM
+
+EPOCH_METRICS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "propagations",
+    "expected_propagations",
+    "cost_ratio",
+    "sam_fraction",
+    "acc_per_prop",
+    "wall_s",
+)
+"""The per-epoch metrics, in order. Counts are cumulative over the run; `cost_ratio` is propagation
+pairs per step (SGD 1, SAM 2), `acc_per_prop` is val_accuracy / cost_ratio, `wall_s` the seconds
+spent training and evaluating so far."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Builds data, model and optimizer from a TrainConfig and runs it epoch by epoch."""
+
+    def __init__(self, config: TrainConfig, data: ImageData | None = None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        if data is None:
+            data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                                label_noise=config.label_noise, seed=config.seed)
+        self.data = data.to(self.device)
+        self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"batch_size: {config.batch_size} exceeds the {len(data.train_y)} training images")
+        total_steps = self.steps_per_epoch * config.epochs
+
+        channels, size = data.shape[0], data.shape[-1]
+        try:
+            model = build_model(config.model, data.num_classes, channels, size, **config.model_params)
+        except ValueError as err:
+            raise ConfigError(f"model_params: {err}") from None
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+
+        base = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov, weight_decay=config.weight_decay)
+        self.lr_scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=total_steps)
+                             if config.lr_schedule == "cosine" else None)
+        fp16 = config.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        self.optimizer = RandomizedSAM(
+            base, config.schedule.build(), total_steps, rho=config.rho, adaptive=config.adaptive,
+            grst_weight=config.grst_weight, alpha_max=config.alpha_max, seed=config.seed,
+            model=self.model, max_grad_norm=config.grad_clip, grad_scaler=self.scaler,
+        )
+        self.data_rng = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0
+        self.wall_s = 0.0
+        self.history: list[dict[str, float]] = []
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():
+            logits = self.forward(images.contiguous(memory_format=self.memory_format))
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        return loss, logits
+
+    def train_epoch(self, progress: bool = False) -> dict[str, float]:
+        """Train one epoch, evaluate, and return (and record) the epoch's metrics."""
+        start = time.perf_counter()
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        batches = self.data.train_batches(self.config.batch_size, self.data_rng)
+        if progress:
+            batches = tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                           leave=False, unit="step")
+        for images, labels in batches:
+            first_logits: list[torch.Tensor] = []
+
+            def closure() -> torch.Tensor:
+                loss, logits = self._loss(images, labels)
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                if not first_logits:
+                    first_logits.append(logits.detach())
+                return loss
+
+            loss = self.optimizer.step(closure)
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step()
+            loss_sum += loss.detach()
+            correct += (first_logits[0].argmax(1) == labels).sum()
+        val_loss, val_accuracy = self.evaluate()
+        train_loss, train_correct = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
+        self.wall_s += time.perf_counter() - start
+        self.epoch += 1
+        opt = self.optimizer
+        cost_ratio = opt.propagations / opt.steps
+        metrics = {
+            "epoch": self.epoch,
+            "train_loss": train_loss / self.steps_per_epoch,
+            "train_accuracy": train_correct / (self.steps_per_epoch * self.config.batch_size),
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "propagations": opt.propagations,
+            "expected_propagations": opt.expected_propagations,
+            "cost_ratio": cost_ratio,
+            "sam_fraction": opt.sam_steps / opt.steps,
+            "acc_per_prop": val_accuracy / cost_ratio,
+            "wall_s": self.wall_s,
+        }
+        self.history.append(metrics)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Validation loss and accuracy over the whole validation set."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        for images, labels in self.data.val_batches(self.config.eval_batch_size):
+            with self._autocast():
+                logits = self.forward(images.contiguous(memory_format=self.memory_format)).float()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+            correct += (logits.argmax(1) == labels).sum()
+        n = len(self.data.val_y)
+        loss, right = torch.stack([loss_sum, correct]).tolist()
+        return loss / n, right / n
+
+    def fit(self, progress: bool = False) -> Iterator[dict[str, float]]:
+        """Run the remaining epochs, yielding each epoch's metrics."""
+        while self.epoch < self.config.epochs:
+            yield self.train_epoch(progress)
+
+    def state_dict(self) -> dict:
+        return {
+            "config": self.config.model_dump(),
+            "epoch": self.epoch,
+            "wall_s": self.wall_s,
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "data_rng": self.data_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["config"] != self.config.model_dump():
+            raise ValueError("checkpoint was written by a run with a different config")
+        self.epoch, self.wall_s, self.history = state["epoch"], state["wall_s"], state["history"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.scaler:
+            self.scaler.load_state_dict(state["scaler"])
+        self.data_rng.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint atomically (a crash mid-write leaves the previous one intact)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def train(config: TrainConfig, callback: Callable[[dict[str, float]], None] | None = None,
+          progress: bool = False) -> list[dict[str, float]]:
+    """Run `config` to the end, calling `callback` with each epoch's metrics; returns them all."""
+    trainer = Trainer(config)
+    for metrics in trainer.fit(progress):
+        if callback is not None:
+            callback(metrics)
+    return trainer.history

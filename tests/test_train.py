@@ -1,0 +1,94 @@
+"""The training loop: config validation, metrics, checkpoint/resume bit for bit, sanity accuracy."""
+
+import math
+
+import pytest
+import torch
+
+from rst_tune.config import ConfigError, TrainConfig, load_config
+from rst_tune.train import EPOCH_METRICS, Trainer, train
+
+FAST = {"epochs": 4, "batch_size": 128, "schedule": {"name": "linear", "params": {"p_start": 0.2, "p_end": 0.8}},
+        "grst_weight": 0.3, "label_noise": 0.1, "grad_clip": 5.0}
+
+
+def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
+    config = load_config(FAST)
+    straight = Trainer(config)
+    list(straight.fit())
+
+    first = Trainer(config)
+    for _ in range(2):
+        first.train_epoch()
+    first.save(tmp_path / "ckpt.pt")
+    torch.manual_seed(999)  # the resumed process starts with another global RNG state
+    resumed = Trainer(config)
+    resumed.load(tmp_path / "ckpt.pt")
+    assert resumed.epoch == 2
+    list(resumed.fit())
+
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    strip = lambda h: [{k: v for k, v in m.items() if k != "wall_s"} for m in h]  # noqa: E731
+    assert strip(straight.history) == strip(resumed.history)
+    assert resumed.optimizer.state_dict()["rng"] == straight.optimizer.state_dict()["rng"]
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    trainer = Trainer(load_config(FAST | {"epochs": 1}))
+    trainer.save(tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="different config"):
+        Trainer(load_config(FAST | {"epochs": 1, "rho": 0.1})).load(tmp_path / "ckpt.pt")
+
+
+def test_epoch_metrics_are_consistent():
+    seen = []
+    history = train(load_config(FAST | {"epochs": 2}), callback=seen.append)
+    assert seen == history and len(history) == 2
+    last = history[-1]
+    assert tuple(last) == EPOCH_METRICS
+    steps = 2 * (1437 // 128)
+    assert last["epoch"] == 2
+    assert last["cost_ratio"] == last["propagations"] / steps
+    assert last["sam_fraction"] == pytest.approx(last["cost_ratio"] - 1)
+    assert last["acc_per_prop"] == pytest.approx(last["val_accuracy"] / last["cost_ratio"])
+    # linear 0.2 -> 0.8 over the run: Σ (1 + p(s/T))
+    expected = sum(1 + 0.2 + 0.6 * s / steps for s in range(steps))
+    assert last["expected_propagations"] == pytest.approx(expected)
+    assert 0.0 <= last["train_accuracy"] <= 1.0 and math.isfinite(last["val_loss"])
+    assert last["wall_s"] > history[0]["wall_s"] > 0
+
+
+def test_default_digits_run_reaches_90_percent_in_10_epochs():
+    config = TrainConfig()
+    assert config.epochs == 10 and config.dataset == "digits"
+    history = train(config)
+    assert history[-1]["val_accuracy"] >= 0.90
+    assert 1.3 < history[-1]["cost_ratio"] < 1.7  # constant p = 0.5
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"learning_rate": 0.1}, "learning_rate: unknown key"),
+        ({"rho": -1}, "rho: Input should be greater than or equal to 0"),
+        ({"schedule": {"name": "constant", "params": {"p": 1.5}}}, r"schedule: .*p=1\.5"),
+        ({"schedule": {"name": "zigzag"}}, "schedule: unknown schedule 'zigzag'"),
+        ({"dataset": "mnist"}, "dataset: Input should be 'digits'"),
+        ({"precision": "fp8"}, "precision"),
+        ({"device": "tpu"}, "device 'tpu'"),
+    ],
+)
+def test_bad_config_errors_name_the_key(values, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(values)
+
+
+def test_missing_cifar_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar10 not found"):
+        Trainer(load_config({"dataset": "cifar10", "model": "resnet18", "data_dir": str(tmp_path)}))
+
+
+def test_batch_larger_than_the_training_set_is_a_config_error():
+    with pytest.raises(ConfigError, match="batch_size: 5000 exceeds the 1437 training images"):
+        Trainer(load_config({"batch_size": 5000}))
