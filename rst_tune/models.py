@@ -7,7 +7,6 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 MODELS = ("digits_cnn", "resnet18", "wrn", "pyramidnet", "vit")
@@ -54,6 +53,8 @@ def _digits_cnn(num_classes: int, in_channels: int, image_size: int, width: int)
 
 
 def _resnet18(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    import torchvision  # imported here: it costs 3 s of start-up that digits runs don't need
+
     model = torchvision.models.resnet18(num_classes=num_classes)
     # CIFAR stem: 32x32 inputs keep their resolution into layer1
     model.conv1 = _conv3x3(in_channels, 64)
@@ -136,6 +137,8 @@ def _vit(num_classes: int, in_channels: int, image_size: int, patch_size: int, n
         raise ValueError(f"vit: image_size {image_size} is not divisible by patch_size {patch_size}")
     if hidden_dim % num_heads:
         raise ValueError(f"vit: hidden_dim {hidden_dim} is not divisible by num_heads {num_heads}")
+    import torchvision
+
     model = torchvision.models.VisionTransformer(
         image_size=image_size, patch_size=patch_size, num_layers=num_layers, num_heads=num_heads,
         hidden_dim=hidden_dim, mlp_dim=mlp_dim, dropout=dropout, num_classes=num_classes,

@@ -92,3 +92,12 @@ def test_missing_cifar_directory_is_a_clear_error(tmp_path):
 def test_batch_larger_than_the_training_set_is_a_config_error():
     with pytest.raises(ConfigError, match="batch_size: 5000 exceeds the 1437 training images"):
         Trainer(load_config({"batch_size": 5000}))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_learn(precision):
+    """bf16 autocast, and fp16 with a GradScaler through sharpness-aware steps, both train."""
+    history = train(load_config({"epochs": 2, "precision": precision, "channels_last": True,
+                                 "schedule": {"name": "constant", "params": {"p": 1.0}}}))
+    assert history[-1]["cost_ratio"] == 2.0
+    assert history[-1]["val_accuracy"] > 0.5 and history[-1]["train_loss"] < history[0]["train_loss"]

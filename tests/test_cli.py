@@ -1,0 +1,58 @@
+"""`rst-tune train` as a user runs it: a subprocess, its table, its exit codes, its checkpoint."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def rst_tune(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "rst_tune.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_train_prints_a_table_and_resumes_from_its_checkpoint(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    first = rst_tune("train", "--quiet", "--checkpoint", str(ckpt), "epochs=2", "batch_size=256",
+                     "schedule.name=step_down", "schedule.params.switch=0.5")
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert "schedule step_down(switch=0.5) (p̄ = 0.500, expected cost 1.500)" in lines[0]
+    header, *rows = lines[1:]
+    assert header.split()[:5] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+    assert [row.split()[0] for row in rows] == ["1", "2"]
+    assert ckpt.exists()
+    # step_down(0.5) over 2 epochs: every step of epoch 1 is sharpness-aware, so its cost is 2
+    assert rows[0].split()[5] == "2.000"
+
+    again = rst_tune("train", "--quiet", "--checkpoint", str(ckpt), "epochs=2", "batch_size=256",
+                     "schedule.name=step_down", "schedule.params.switch=0.5")
+    assert again.returncode == 0
+    assert "resumed from" in again.stdout and "at epoch 2" in again.stdout
+    assert len(again.stdout.splitlines()) == 3  # resumed line, banner, header: nothing left to train
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["rho=-1"], "rho: Input should be greater than or equal to 0"),
+        (["learning_rate=0.1"], "learning_rate: unknown key"),
+        (["schedule.name=zigzag"], "unknown schedule 'zigzag'"),
+        (["epochs"], "'epochs': expected key=value"),
+        (["--config", "/nonexistent.yaml"], "/nonexistent.yaml: No such file or directory"),
+        (["dataset=cifar10", "model=resnet18", "data_dir=/nonexistent"], "cifar10 not found"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, message):
+    result = rst_tune("train", *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_file_and_overrides_merge(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 1\nbatch_size: 512\nschedule:\n  name: constant\n  params: {p: 0.0}\n")
+    result = rst_tune("train", "--quiet", "--config", str(config), "schedule.params.p=1.0")
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.splitlines()[-1].split()
+    assert row[0] == "1" and row[5] == "2.000"  # p = 1 from the command line won over the file's 0
