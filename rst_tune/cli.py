@@ -89,6 +89,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def find_space(name: str) -> Path:
+    """A search-space file by path, or by name in ./search_spaces or the project's search_spaces/."""
+    for candidate in (Path(name), Path("search_spaces") / f"{name}.yaml", SPACES_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    raise ConfigError(f"--space {name}: no such file (shipped spaces: {shipped or 'none found'})")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from rst_tune.search import load_spec, read_run, run_search
+    from rst_tune.search.runner import new_run_dir
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        values, spec = read_run(run_dir)
+    else:
+        overrides = {key: value for key, value in (("name", args.name), ("num_samples", args.num_samples),
+                                                   ("max_concurrent", args.max_concurrent)) if value is not None}
+        if args.epochs is not None:
+            overrides["train"] = {"epochs": args.epochs}
+        values, spec = load_spec(find_space(args.space), overrides)
+        run_dir = new_run_dir(args.results_dir, spec.name, exact=args.name is not None)
+    report = run_search(values, spec, run_dir, address=args.address, resume=bool(args.resume))
+    print("\nPareto front (val_accuracy up, propagations down):")
+    print(report.table())
+    print(f"\nfiles: {run_dir}/pareto.csv, pareto.json, pareto.png; study: optuna-dashboard sqlite:///{run_dir.resolve()}/optuna.db")
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    import json
+
+    from rst_tune.search import report
+
+    result = report(args.run_dir)
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rst-tune", description="Randomized sharpness-aware training and its search.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,14 +142,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", help="checkpoint file: written every epoch, resumed from if present")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="key=value")
-    train.set_defaults(run=cmd_train)
+    train.set_defaults(handler=cmd_train)
+
+    search = commands.add_parser("search", help="a Ray Tune + Optuna search; ends with the Pareto front",
+                                 description="Search schedules, rho and the G-RST weight for the Pareto front of "
+                                             "accuracy against propagations.")
+    search.add_argument("--space", default="default", help="search-space YAML file, or the name of a shipped one (default: default)")
+    search.add_argument("--name", help="run name (default: the space's name; -2, -3, ... when taken)")
+    search.add_argument("--num-samples", type=int, help="number of trials")
+    search.add_argument("--max-concurrent", type=int, help="trials running at once")
+    search.add_argument("--epochs", type=int, help="epochs per trial")
+    search.add_argument("--results-dir", default="rst_runs", help="where runs live (default: ./rst_runs)")
+    search.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    search.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder")
+    search.set_defaults(handler=cmd_search)
+
+    pareto = commands.add_parser("pareto", help="the Pareto front of a search run",
+                                 description="Print a run's Pareto front and write pareto.csv, pareto.json, pareto.png.")
+    pareto.add_argument("run_dir", metavar="RUN", help="the run folder, e.g. rst_runs/default")
+    pareto.add_argument("--json", action="store_true", help="print pareto.json instead of the table")
+    pareto.set_defaults(handler=cmd_pareto)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return args.handler(args)
     except (ConfigError, FileNotFoundError) as err:
         print(f"rst-tune: error: {err}", file=sys.stderr)
         return 2

@@ -56,3 +56,15 @@ def test_config_file_and_overrides_merge(tmp_path):
     assert result.returncode == 0, result.stderr
     row = result.stdout.splitlines()[-1].split()
     assert row[0] == "1" and row[5] == "2.000"  # p = 1 from the command line won over the file's 0
+
+
+def test_search_with_a_bad_space_exits_2_with_one_line_and_starts_nothing(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nspace:\n  schedule:\n    constant: {p: {low: 0, high: 1}}\n  rho: {low: 0.5, high: 0.1}\n")
+    result = rst_tune("search", "--space", str(bad), "--results-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2
+    assert result.stderr == f"rst-tune: error: {bad}:5: space.rho: low (0.5) must be below high (0.1)\n"
+    assert not (tmp_path / "runs").exists()
+    missing = rst_tune("search", "--space", "nonexistent")
+    assert missing.returncode == 2 and "shipped spaces: cifar100_wrn28_10, cifar10_resnet18, default" in missing.stderr
+    assert rst_tune("pareto", str(tmp_path)).returncode == 2

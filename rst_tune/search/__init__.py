@@ -1,0 +1,19 @@
+"""The search: Ray Tune runs trials of the engine, Optuna chooses them, and the result is the Pareto
+front of accuracy against propagations.
+
+    from rst_tune.search import load_spec, run_search
+    values, spec = load_spec("search_spaces/default.yaml")
+    report = run_search(values, spec, "rst_runs/default")
+    print(report.table())
+
+Public names: `load_spec`, `parse_spec`, `SearchSpec`, `run_search`, `report`, `read_run`,
+`ParetoReport`, `pareto_front`, `hypervolume`, `OBJECTIVES`. Everything else is private.
+"""
+
+from rst_tune.search.objectives import OBJECTIVES
+from rst_tune.search.pareto import ParetoReport, hypervolume, pareto_front
+from rst_tune.search.runner import read_run, report, run_search
+from rst_tune.search.spec import SearchSpec, load_spec, parse_spec
+
+__all__ = ["OBJECTIVES", "ParetoReport", "SearchSpec", "hypervolume", "load_spec", "parse_spec", "pareto_front",
+           "read_run", "report", "run_search"]

@@ -1,0 +1,141 @@
+"""Runs a search: one directory holds its spec, the Ray experiment, the Optuna study and the report.
+
+    <run>/search.yaml   the spec as run (command-line overrides applied); --resume reads it back
+    <run>/optuna.db     the Optuna study (SQLite: `optuna-dashboard sqlite:///<run>/optuna.db`)
+    <run>/trials/       the Ray Tune experiment: one folder per trial, named by its Ray trial id
+    <run>/pareto.*      the report (csv, json, png)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import ray
+import yaml
+from ray import tune
+
+from rst_tune.config import ConfigError
+from rst_tune.search.pareto import ParetoReport, build_report, write_report
+from rst_tune.search.schedulers import build_scheduler
+from rst_tune.search.searcher import RSTSearch
+from rst_tune.search.space import points_to_evaluate
+from rst_tune.search.spec import SearchSpec, parse_spec
+from rst_tune.search.trainable import train_trial
+
+SPEC_FILE, STUDY_FILE, EXPERIMENT = "search.yaml", "optuna.db", "trials"
+
+
+def study_storage(run_dir: Path) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(f"sqlite:///{(run_dir / STUDY_FILE).resolve()}",
+                                      engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+def read_run(run_dir: str | Path) -> tuple[dict[str, Any], SearchSpec]:
+    """The spec values a run was started with, and the validated spec."""
+    path = Path(run_dir) / SPEC_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a search run ({SPEC_FILE} missing)")
+    values = yaml.safe_load(path.read_text())
+    return values, parse_spec(values, str(path))
+
+
+def new_run_dir(results_dir: str | Path, name: str, exact: bool) -> Path:
+    """`results_dir/name`; when `exact` is False and it is taken, the first free `name-2`, `name-3`, ..."""
+    candidate, n = Path(results_dir) / name, 1
+    while candidate.exists():
+        if exact:
+            raise ConfigError(f"{candidate} exists: continue it with --resume {candidate}, or give another --name")
+        n += 1
+        candidate = Path(results_dir) / f"{name}-{n}"
+    return candidate
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+class _Progress(tune.Callback):
+    """One line per trial start and end."""
+
+    def __init__(self, total: int, epochs: int, out: Callable[[str], None]):
+        self.total, self.epochs, self.out = total, epochs, out
+
+    def _finished(self, trials, trial) -> int:
+        return len({t.trial_id for t in trials if t.is_finished()} | {trial.trial_id})
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.out(f"  start  {trial.trial_id}  {trial.config['label']}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result
+        early = f", stopped early after epoch {r['epoch']}" if r.get("epoch", self.epochs) < self.epochs else ""
+        self.out(f"[{self._finished(trials, trial)}/{self.total}] {trial.trial_id}  {trial.config['label']}: "
+                 f"val_acc {r.get('val_accuracy', float('nan')):.2%}, cost {r.get('cost_ratio', float('nan')):.3f} "
+                 f"({r.get('wall_s', 0):.1f} s{early})")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        reason = trial.last_result.get("failure", "raised an error: see error.txt in its folder")
+        self.out(f"[{self._finished(trials, trial)}/{self.total}] {trial.trial_id}  {trial.config['label']}: FAILED, {reason}")
+
+
+def _tuner(spec: SearchSpec, run_dir: Path, searcher: RSTSearch | None, num_samples: int,
+           out: Callable[[str], None], resume: bool) -> tune.Tuner:
+    epochs = spec.train_config().epochs
+    trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    experiment = str((run_dir / EXPERIMENT).resolve())
+    if resume:
+        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(spec, epochs),
+                                    num_samples=num_samples, max_concurrent_trials=spec.max_concurrent,
+                                    reuse_actors=spec.reuse_actors, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir.resolve()), verbose=0,
+                                  callbacks=[_Progress(spec.num_samples, epochs, out)],
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+
+
+def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *, address: str | None = None,
+               resume: bool = False, out: Callable[[str], None] = print) -> ParetoReport:
+    """Run (or with `resume`, continue) the search `spec` in `run_dir`; returns its Pareto report.
+    `values` are the spec's raw settings, saved so that the run can be resumed and reported."""
+    run_dir = Path(run_dir)
+    points_to_evaluate(spec)  # bad points are config errors: raise them before anything starts
+    restorable = resume and tune.Tuner.can_restore(str((run_dir / EXPERIMENT).resolve()))
+    if not resume:
+        run_dir.mkdir(parents=True)
+        (run_dir / SPEC_FILE).write_text(yaml.safe_dump(values, sort_keys=False))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = study_storage(run_dir)
+    searcher, remaining = None, spec.num_samples
+    if not restorable:  # a new run, or one interrupted before Ray saved its first experiment state
+        fresh = not resume or not optuna.get_all_study_names(storage)
+        searcher = RSTSearch(spec, storage, spec.train_config().epochs, enqueue=fresh)
+        remaining -= sum(t.state.is_finished() and "ray_trial_id" in t.user_attrs for t in searcher.study.get_trials())
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # save the experiment state often: resume loses little
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # progress is ours: one line per trial
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial's line gives its reason; the traceback is in its error.txt
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level="ERROR")
+    out(f"{'resuming' if resume else 'search'} {spec.name} in {run_dir}: {spec.num_samples} trials of "
+        f"{spec.train_config().epochs} epochs, {spec.max_concurrent} at a time, objective {spec.objective}, "
+        f"sampler {spec.sampler.name}")
+    start = time.perf_counter()
+    _tuner(spec, run_dir, searcher, remaining, out, restorable).fit()
+    out(f"search finished in {time.perf_counter() - start:.0f} s")
+    return report(run_dir)
+
+
+def report(run_dir: str | Path) -> ParetoReport:
+    """Build the Pareto report of a run from its Optuna study and write pareto.csv/json/png there."""
+    run_dir = Path(run_dir)
+    _, spec = read_run(run_dir)
+    study = optuna.load_study(study_name=spec.name, storage=study_storage(run_dir))
+    result = build_report(study, spec.objective, spec.budget)
+    write_report(result, run_dir)
+    return result

@@ -1,0 +1,136 @@
+"""A validated search spec as an Optuna define-by-run function, and the training config of a trial.
+
+Optuna parameter names: `schedule` (the family), `schedule.<family>.<param>` (its shape),
+`<key>` for any other searched training setting, and `<key>.on` for the off switch of an optional one.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from rst_tune.config import ConfigError, TrainConfig, load_config
+from rst_tune.search.spec import Dimension, SearchSpec
+
+
+def trial_seed(search_seed: int, trial_number: int) -> int:
+    """The training seed of Optuna trial `trial_number`: fixed by the search seed and the trial."""
+    return random.Random(f"rst-tune:{search_seed}:{trial_number}").randrange(2**31)
+
+
+def describe(config: TrainConfig, searched: set[str] | None = None) -> str:
+    """A config in readable words, e.g. `step(p_early=0, p_late=1, switch=0.5), rho 0.05, G-RST 0.3`."""
+    schedule = config.schedule.build()
+    shape = ", ".join(f"{k}={v:.3g}" for k, v in schedule.params.items())
+    words = [f"{schedule.name}({shape})", f"rho {config.rho:.3g}"]
+    if config.grst_weight is not None:
+        words.append(f"G-RST {config.grst_weight:.3g}")
+    if config.adaptive:
+        words.append("ASAM")
+    for key in sorted((searched or set()) - {"schedule", "rho", "grst_weight", "adaptive"}):
+        value = getattr(config, key)
+        words.append(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}")
+    return ", ".join(words)
+
+
+def baseline_name(config: TrainConfig) -> str | None:
+    """"SGD" for p ≡ 0, "SAM" for plain p ≡ 1, else None."""
+    schedule = config.schedule.build()
+    if schedule.name == "constant" and schedule.params["p"] == 0.0:
+        return "SGD"
+    if schedule.name == "constant" and schedule.params["p"] == 1.0 and config.grst_weight is None:
+        return "SAM" if not config.adaptive else "ASAM"
+    return None
+
+
+def _suggest(trial: Any, name: str, dim: Dimension) -> Any:
+    if dim.optional and not trial.suggest_categorical(f"{name}.on", [False, True]):
+        return None
+    if dim.choices is not None:
+        return trial.suggest_categorical(name, dim.choices)
+    if dim.type == "int":
+        return trial.suggest_int(name, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
+    return trial.suggest_float(name, dim.low, dim.high, step=dim.step, log=dim.log)
+
+
+class DefineByRun:
+    """The Optuna define-by-run function of a spec. It returns the trial's whole training config,
+    its seed, expected cost (1 + p̄) and a readable label, which Ray adds to the trial's config."""
+
+    def __init__(self, spec: SearchSpec):
+        self.spec = spec
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        overrides: dict[str, Any] = {}
+        if self.spec.schedule:
+            family = trial.suggest_categorical("schedule", list(self.spec.schedule))
+            params = {k: _suggest(trial, f"schedule.{family}.{k}", v) if isinstance(v, Dimension) else v
+                      for k, v in self.spec.schedule[family].params.items()}
+            overrides["schedule"] = {"name": family, "params": params}
+        for key, dim in self.spec.dimensions.items():
+            overrides[key] = _suggest(trial, key, dim)
+        config = trial_config(self.spec, overrides, trial_seed(self.spec.seed, trial.number))
+        searched = set(self.spec.dimensions) | ({"schedule"} if self.spec.schedule else set())
+        return {"train": config.model_dump(), "expected_cost": 1 + config.schedule.build().mean(),
+                "label": describe(config, searched), "baseline": baseline_name(config)}
+
+
+def trial_config(spec: SearchSpec, overrides: dict[str, Any], seed: int) -> TrainConfig:
+    """The spec's fixed training settings with a trial's searched values and seed."""
+    return load_config({**spec.train, **overrides, "seed": seed})
+
+
+def optuna_params(spec: SearchSpec, point: dict[str, Any], where: str = "point") -> dict[str, Any]:
+    """A point given as searched training settings (e.g. {"schedule": {"name": "constant", "params":
+    {"p": 1}}, "grst_weight": None}) as Optuna parameters, for `enqueue_trial`. Unknown keys and
+    values outside the space raise ConfigError naming them."""
+    params: dict[str, Any] = {}
+    for key, value in point.items():
+        if key == "schedule" and spec.schedule:
+            name, values = (value or {}).get("name"), (value or {}).get("params", {})
+            if name not in spec.schedule:
+                raise ConfigError(f"{where}.schedule.name: {name!r} is not a searched family ({', '.join(spec.schedule)})")
+            params["schedule"] = name
+            for param, dim in spec.schedule[name].params.items():
+                if param not in values:
+                    raise ConfigError(f"{where}.schedule.params.{param}: missing")
+                if isinstance(dim, Dimension):
+                    if not dim.contains(values[param]):
+                        raise ConfigError(f"{where}.schedule.params.{param}: {values[param]!r} is outside the searched range")
+                    params[f"schedule.{name}.{param}"] = values[param]
+                elif values[param] != dim:
+                    raise ConfigError(f"{where}.schedule.params.{param}: {name} fixes it at {dim:g}")
+        elif key in spec.dimensions:
+            dim = spec.dimensions[key]
+            if not dim.contains(value):
+                raise ConfigError(f"{where}.{key}: {value!r} is outside the searched range")
+            if not dim.optional:
+                params[key] = value
+            elif value is not None:
+                params.update({f"{key}.on": True, key: value})
+            else:
+                params[f"{key}.on"] = False
+        else:
+            raise ConfigError(f"{where}.{key}: not a searched key (searched: {', '.join(_searched_keys(spec))})")
+    return params
+
+
+def _searched_keys(spec: SearchSpec) -> list[str]:
+    return (["schedule"] if spec.schedule else []) + list(spec.dimensions)
+
+
+def baselines(spec: SearchSpec) -> list[dict[str, Any]]:
+    """SGD (p ≡ 0) and SAM (p ≡ 1, no G-RST) as searched settings; every other searched value is
+    taken from `train` when the space contains it, else left to the sampler."""
+    base = spec.train_config()
+    shared = {key: getattr(base, key) for key, dim in spec.dimensions.items() if dim.contains(getattr(base, key))}
+    if "grst_weight" in spec.dimensions:
+        shared["grst_weight"] = None
+    return [{**shared, "schedule": {"name": "constant", "params": {"p": p}}} for p in (0.0, 1.0)]
+
+
+def points_to_evaluate(spec: SearchSpec) -> list[dict[str, Any]]:
+    """The Optuna parameters of the points evaluated first: the baselines (if asked), then the spec's points."""
+    points = [(f"baselines.{i}", point) for i, point in enumerate(baselines(spec))] if spec.baselines else []
+    points += [(f"points_to_evaluate.{i}", point) for i, point in enumerate(spec.points_to_evaluate)]
+    return [optuna_params(spec, point, where) for where, point in points]

@@ -1,0 +1,38 @@
+"""The Ray Tune function trainable: one trial is one engine training run, reported epoch by epoch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.tune
+
+from rst_tune.config import load_config
+from rst_tune.train import Trainer
+
+CHECKPOINT_FILE = "trainer.pt"
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Train `config["train"]`, resuming from Tune's checkpoint if there is one. Every epoch reports
+    the engine's metrics with `expected_cost` and a checkpoint. A diverged epoch is reported with a
+    `failure` reason, then raised, so the trial ends FAILED with that reason."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per checkpoint
+    trainer = Trainer(load_config(config["train"]))
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load(Path(folder) / CHECKPOINT_FILE)
+    for metrics in trainer.fit():
+        metrics = {**metrics, "expected_cost": config["expected_cost"]}
+        diverged = [key for key in ("train_loss", "val_loss") if not math.isfinite(metrics[key])]
+        if diverged:
+            reason = f"diverged: {diverged[0]} is {metrics[diverged[0]]} at epoch {metrics['epoch']}"
+            ray.tune.report({**metrics, "failure": reason})
+            raise FloatingPointError(reason)
+        with tempfile.TemporaryDirectory() as folder:
+            trainer.save(Path(folder) / CHECKPOINT_FILE)
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
