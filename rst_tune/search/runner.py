@@ -127,8 +127,13 @@ def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *,
         f"sampler {spec.sampler.name}")
     start = time.perf_counter()
     _tuner(spec, run_dir, searcher, remaining, out, restorable).fit()
-    out(f"search finished in {time.perf_counter() - start:.0f} s")
-    return report(run_dir)
+    result = report(run_dir)
+    trained = sum(row.ray_trial_id is not None and row.state != "RUNNING" for row in result.trials)
+    if trained < spec.num_samples:
+        out(f"stopped after {trained} of {spec.num_samples} trials; continue with: rst-tune search --resume {run_dir}")
+    else:
+        out(f"search finished in {time.perf_counter() - start:.0f} s")
+    return result
 
 
 def report(run_dir: str | Path) -> ParetoReport:
