@@ -104,6 +104,7 @@ def find_space(name: str) -> Path:
 def cmd_search(args: argparse.Namespace) -> int:
     from rst_tune.search import load_spec, read_run, run_search
     from rst_tune.search.runner import new_run_dir
+    from rst_tune.tracking import tracker_for
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -115,11 +116,19 @@ def cmd_search(args: argparse.Namespace) -> int:
             overrides["train"] = {"epochs": args.epochs}
         values, spec = load_spec(find_space(args.space), overrides)
         run_dir = new_run_dir(args.results_dir, spec.name, exact=args.name is not None)
-    report = run_search(values, spec, run_dir, address=args.address, resume=bool(args.resume))
+    tracker = tracker_for(run_dir, spec, args.tracking_uri, args.experiment)
+    report = run_search(values, spec, run_dir, address=args.address, resume=bool(args.resume), callbacks=[tracker])
     print("\nPareto front (val_accuracy up, propagations down):")
     print(report.table())
-    print(f"\nfiles: {run_dir}/pareto.csv, pareto.json, pareto.png; study: optuna-dashboard sqlite:///{run_dir.resolve()}/optuna.db")
+    print(f"\nfiles: {run_dir}/pareto.csv, pareto.json, pareto.png, pareto.html")
+    print(f"browse the trials: rst-tune ui {run_dir}  (add --optuna for optuna-dashboard on the study)")
     return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from rst_tune.ui import serve
+
+    return serve(args.run_dir, args.results_dir, host=args.host, port=args.port, optuna=args.optuna)
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
@@ -155,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--results-dir", default="rst_runs", help="where runs live (default: ./rst_runs)")
     search.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     search.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder")
+    search.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in the run folder)")
+    search.add_argument("--experiment", help="MLflow experiment (default: the search's name)")
     search.set_defaults(handler=cmd_search)
 
     pareto = commands.add_parser("pareto", help="the Pareto front of a search run",
@@ -162,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("run_dir", metavar="RUN", help="the run folder, e.g. rst_runs/default")
     pareto.add_argument("--json", action="store_true", help="print pareto.json instead of the table")
     pareto.set_defaults(handler=cmd_pareto)
+
+    ui = commands.add_parser("ui", help="the MLflow UI (and optuna-dashboard) on a search run",
+                             description="Start `mlflow server` on a run's store and print its experiment's URL; "
+                                         "Ctrl-C stops what was started.")
+    ui.add_argument("run_dir", metavar="RUN", nargs="?", help="the run folder (default: the newest in --results-dir)")
+    ui.add_argument("--results-dir", default="rst_runs", help="where runs live (default: ./rst_runs)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    ui.add_argument("--port", type=int, default=5000, help="MLflow port (default: 5000; optuna-dashboard takes the next)")
+    ui.add_argument("--optuna", action="store_true", help="also start optuna-dashboard on the run's study")
+    ui.set_defaults(handler=cmd_ui)
     return parser
 
 

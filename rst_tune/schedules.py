@@ -87,7 +87,7 @@ class Schedule:
         return _FAMILIES[self.name].mean(**self.params)
 
     def __str__(self) -> str:
-        return f"{self.name}({', '.join(f'{k}={v:g}' for k, v in self.params.items())})"
+        return f"{self.name}({', '.join(f'{k}={v:.3g}' for k, v in self.params.items())})"
 
 
 def make_schedule(name: str, **params: float) -> Schedule:

@@ -11,24 +11,14 @@ import time
 
 import optuna
 import pytest
-import ray
 import yaml
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 from ray.tune import ExperimentAnalysis
 
 from rst_tune.cli import main
 from rst_tune.search import parse_spec, run_search
 from rst_tune.search.space import trial_seed
-
-os.environ["RAY_AUTH_MODE"] = "disabled"  # local test clusters: no token under ~/.ray
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
 
 def _space(**extra):
     return {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}},
@@ -167,3 +157,13 @@ def test_resume_after_sigkill_keeps_exactly_num_samples_trials(tmp_path):
     saved = json.loads((run_dir / "pareto.json").read_text())
     assert len(saved["trials"]) == 6 and saved["counts"] == {"COMPLETE": 6}
     assert not math.isnan(saved["hypervolume"])
+    # MLflow (the default store in the run folder): one run per trial, none left RUNNING, no epoch twice
+    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(int(r.data.tags["rst.optuna_trial"]) for r in children) == list(range(6))
+    assert all(r.info.status == "FINISHED" for r in children)
+    for run in children:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3, 4]

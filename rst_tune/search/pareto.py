@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import optuna
 
-REPORT_FILES = ("pareto.csv", "pareto.json", "pareto.png")
+REPORT_FILES = ("pareto.csv", "pareto.json", "pareto.png", "pareto.html")
 
 
 @dataclass
@@ -109,7 +109,8 @@ def build_report(study: optuna.Study, objective: str, budget: float | None) -> P
 
 
 def write_report(report: ParetoReport, folder: str | Path) -> list[Path]:
-    """pareto.csv (the front), pareto.json (front, every trial, hypervolume) and pareto.png."""
+    """pareto.csv (the front), pareto.json (front, every trial, hypervolume), pareto.png and
+    pareto.html (the same plot, interactive: hover a point for its trial and config)."""
     folder = Path(folder)
     with open(folder / "pareto.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -120,7 +121,28 @@ def write_report(report: ParetoReport, folder: str | Path) -> list[Path]:
             writer.writerow([getattr(row, c) for c in columns])
     (folder / "pareto.json").write_text(json.dumps(report.to_json(), indent=2))
     plot(report, folder / "pareto.png")
+    plot_html(report, folder / "pareto.html")
     return [folder / name for name in REPORT_FILES]
+
+
+def plot_html(report: ParetoReport, path: Path) -> None:
+    import plotly.graph_objects as go
+
+    def points(rows: list[TrialRow], name: str, **style) -> go.Scatter:
+        return go.Scatter(x=[r.cost_ratio for r in rows], y=[r.val_accuracy for r in rows], name=name, **style,
+                          text=[f"trial {r.number}: {r.label}" + (f" [{r.baseline}]" if r.baseline else "") for r in rows],
+                          hovertemplate="%{text}<br>cost %{x:.3f}, val_accuracy %{y:.2%}<extra></extra>")
+
+    complete = [r for r in report.trials if r.state == "COMPLETE"]
+    stopped = [r for r in report.trials if r.state == "PRUNED" and r.val_accuracy is not None]
+    fig = go.Figure([points(complete, f"trials ({len(complete)})", mode="markers", marker={"color": "grey"}),
+                     points(stopped, f"stopped early ({len(stopped)})", mode="markers",
+                            marker={"color": "grey", "symbol": "circle-open"}),
+                     points(report.front, f"Pareto front ({len(report.front)})", mode="lines+markers",
+                            line={"shape": "hv", "color": "crimson"}, marker={"size": 10})])
+    fig.update_layout(title=f"{report.name}: accuracy against compute ({report.objective})",
+                      xaxis_title="cost ratio (SGD 1, SAM 2)", yaxis_title="validation accuracy", yaxis_tickformat=".1%")
+    fig.write_html(path, include_plotlyjs=True)
 
 
 def plot(report: ParetoReport, path: Path) -> None:

@@ -3,7 +3,9 @@
     <run>/search.yaml   the spec as run (command-line overrides applied); --resume reads it back
     <run>/optuna.db     the Optuna study (SQLite: `optuna-dashboard sqlite:///<run>/optuna.db`)
     <run>/trials/       the Ray Tune experiment: one folder per trial, named by its Ray trial id
-    <run>/pareto.*      the report (csv, json, png)
+    <run>/pareto.*      the report (csv, json, png, html)
+    <run>/mlflow.db     with `rst_tune.tracking`: the MLflow store, unless the search logs elsewhere
+    <run>/mlartifacts/  (tracking.json says where) and its artifacts
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 import ray
@@ -19,7 +21,7 @@ import yaml
 from ray import tune
 
 from rst_tune.config import ConfigError
-from rst_tune.search.pareto import ParetoReport, build_report, write_report
+from rst_tune.search.pareto import REPORT_FILES, ParetoReport, build_report, write_report
 from rst_tune.search.schedulers import build_scheduler
 from rst_tune.search.searcher import RSTSearch
 from rst_tune.search.space import points_to_evaluate
@@ -29,9 +31,12 @@ from rst_tune.search.trainable import train_trial
 SPEC_FILE, STUDY_FILE, EXPERIMENT = "search.yaml", "optuna.db", "trials"
 
 
+def study_url(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / STUDY_FILE).resolve()}"
+
+
 def study_storage(run_dir: Path) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(f"sqlite:///{(run_dir / STUDY_FILE).resolve()}",
-                                      engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(study_url(run_dir), engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 def read_run(run_dir: str | Path) -> tuple[dict[str, Any], SearchSpec]:
@@ -59,10 +64,17 @@ def _trial_dirname(trial) -> str:
 
 
 class _Progress(tune.Callback):
-    """One line per trial start and end."""
+    """One line per trial start and end. Pickles without `out` (Ray saves its callbacks): a resumed
+    search prints."""
 
     def __init__(self, total: int, epochs: int, out: Callable[[str], None]):
         self.total, self.epochs, self.out = total, epochs, out
+
+    def __getstate__(self) -> dict:
+        return {"total": self.total, "epochs": self.epochs}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["total"], state["epochs"], print)
 
     def _finished(self, trials, trial) -> int:
         return len({t.trial_id for t in trials if t.is_finished()} | {trial.trial_id})
@@ -83,7 +95,7 @@ class _Progress(tune.Callback):
 
 
 def _tuner(spec: SearchSpec, run_dir: Path, searcher: RSTSearch | None, num_samples: int,
-           out: Callable[[str], None], resume: bool) -> tune.Tuner:
+           out: Callable[[str], None], resume: bool, callbacks: Sequence[SearchCallback]) -> tune.Tuner:
     epochs = spec.train_config().epochs
     trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     experiment = str((run_dir / EXPERIMENT).resolve())
@@ -95,15 +107,26 @@ def _tuner(spec: SearchSpec, run_dir: Path, searcher: RSTSearch | None, num_samp
                                     num_samples=num_samples, max_concurrent_trials=spec.max_concurrent,
                                     reuse_actors=spec.reuse_actors, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir.resolve()), verbose=0,
-                                  callbacks=[_Progress(spec.num_samples, epochs, out)],
+                                  callbacks=[_Progress(spec.num_samples, epochs, out), *callbacks],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
 
 
+class SearchCallback(tune.Callback):
+    """A Tune callback that also hears of the search's start (`setup`, called on the driver before
+    Ray starts) and end (`finish`, with the report; returns a line to print, or None)."""
+
+    def finish(self, report: ParetoReport, report_files: list[Path], checkpoints: dict[str, tune.Checkpoint],
+               interrupted: bool) -> str | None:
+        return None
+
+
 def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *, address: str | None = None,
-               resume: bool = False, out: Callable[[str], None] = print) -> ParetoReport:
+               resume: bool = False, callbacks: Sequence[SearchCallback] = (),
+               out: Callable[[str], None] = print) -> ParetoReport:
     """Run (or with `resume`, continue) the search `spec` in `run_dir`; returns its Pareto report.
-    `values` are the spec's raw settings, saved so that the run can be resumed and reported."""
+    `values` are the spec's raw settings, saved so that the run can be resumed. `callbacks` (e.g.
+    `rst_tune.tracking.SearchTracker`) follow it; on resume Ray brings back the ones it started with."""
     run_dir = Path(run_dir)
     points_to_evaluate(spec)  # bad points are config errors: raise them before anything starts
     restorable = resume and tune.Tuner.can_restore(str((run_dir / EXPERIMENT).resolve()))
@@ -125,10 +148,17 @@ def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *,
     out(f"{'resuming' if resume else 'search'} {spec.name} in {run_dir}: {spec.num_samples} trials of "
         f"{spec.train_config().epochs} epochs, {spec.max_concurrent} at a time, objective {spec.objective}, "
         f"sampler {spec.sampler.name}")
+    for callback in callbacks:
+        callback.setup()
     start = time.perf_counter()
-    _tuner(spec, run_dir, searcher, remaining, out, restorable).fit()
+    results = _tuner(spec, run_dir, searcher, remaining, out, restorable, callbacks).fit()
     result = report(run_dir)
     trained = sum(row.ray_trial_id is not None and row.state != "RUNNING" for row in result.trials)
+    checkpoints = {r.metrics["trial_id"]: r.checkpoint for r in results if r.checkpoint and r.metrics}
+    for callback in callbacks:
+        line = callback.finish(result, [run_dir / name for name in REPORT_FILES], checkpoints, trained < spec.num_samples)
+        if line:
+            out(line)
     if trained < spec.num_samples:
         out(f"stopped after {trained} of {spec.num_samples} trials; continue with: rst-tune search --resume {run_dir}")
     else:

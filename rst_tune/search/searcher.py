@@ -45,6 +45,7 @@ class RSTSearch(OptunaSearch):
         self.objective = OBJECTIVES[spec.objective]
         self.budget, self.epochs = spec.budget, epochs
         self._failures: dict[str, str] = {}
+        self._last: dict[str, dict] = {}  # the latest result of each running trial
         metric, mode = list(self.objective.metrics), list(self.objective.modes)
         if self.objective.scalar:
             metric, mode = metric[0], mode[0]
@@ -89,6 +90,7 @@ class RSTSearch(OptunaSearch):
         return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._last[trial_id] = result
         if "failure" in result:
             self._failures[trial_id] = result["failure"]
         elif self.objective.scalar and math.isfinite(result[self.metric]):
@@ -99,6 +101,8 @@ class RSTSearch(OptunaSearch):
             return
         ot_trial = self._ot_trials[trial_id]
         self._completed_trials.add(trial_id)
+        last = self._last.pop(trial_id, None)
+        result = result or last  # a trial that raised comes without its last result
         if self._storage.get_trial(ot_trial._trial_id).state.is_finished():
             return  # told before the driver was interrupted
         state, values, reason = self._outcome(trial_id, result, error)

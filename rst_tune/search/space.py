@@ -20,9 +20,7 @@ def trial_seed(search_seed: int, trial_number: int) -> int:
 
 def describe(config: TrainConfig, searched: set[str] | None = None) -> str:
     """A config in readable words, e.g. `step(p_early=0, p_late=1, switch=0.5), rho 0.05, G-RST 0.3`."""
-    schedule = config.schedule.build()
-    shape = ", ".join(f"{k}={v:.3g}" for k, v in schedule.params.items())
-    words = [f"{schedule.name}({shape})", f"rho {config.rho:.3g}"]
+    words = [str(config.schedule.build()), f"rho {config.rho:.3g}"]
     if config.grst_weight is not None:
         words.append(f"G-RST {config.grst_weight:.3g}")
     if config.adaptive:
@@ -54,8 +52,9 @@ def _suggest(trial: Any, name: str, dim: Dimension) -> Any:
 
 
 class DefineByRun:
-    """The Optuna define-by-run function of a spec. It returns the trial's whole training config,
-    its seed, expected cost (1 + p̄) and a readable label, which Ray adds to the trial's config."""
+    """The Optuna define-by-run function of a spec. It returns the trial's whole training config
+    (seed included), expected cost (1 + p̄), a readable label, its baseline name (or None) and its
+    Optuna trial number, which Ray adds to the trial's config."""
 
     def __init__(self, spec: SearchSpec):
         self.spec = spec
@@ -72,7 +71,7 @@ class DefineByRun:
         config = trial_config(self.spec, overrides, trial_seed(self.spec.seed, trial.number))
         searched = set(self.spec.dimensions) | ({"schedule"} if self.spec.schedule else set())
         return {"train": config.model_dump(), "expected_cost": 1 + config.schedule.build().mean(),
-                "label": describe(config, searched), "baseline": baseline_name(config)}
+                "label": describe(config, searched), "baseline": baseline_name(config), "optuna_trial": trial.number}
 
 
 def trial_config(spec: SearchSpec, overrides: dict[str, Any], seed: int) -> TrainConfig:

@@ -1,0 +1,96 @@
+"""`rst-tune ui`: the MLflow UI (and optuna-dashboard) on a search run, bound to 127.0.0.1 by default."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from rst_tune.config import ConfigError
+from rst_tune.search.runner import SPEC_FILE, study_url
+from rst_tune.tracking import TRACKING_FILE
+
+READY_S = 120.0
+
+
+def newest_run(results_dir: str | Path) -> Path:
+    runs = sorted((p.parent for p in Path(results_dir).glob(f"*/{SPEC_FILE}")), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"{results_dir}: no search runs here; give the run folder")
+    return runs[-1]
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, name: str, log: Path) -> None:
+    deadline = time.monotonic() + READY_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ConfigError(f"{name} exited with code {process.returncode} before it served {url}; see {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise ConfigError(f"{name} did not answer on {url} within {READY_S:.0f} s; see {log}")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a server in its own process group, its output going to `log`."""
+    with open(log, "ab") as sink:
+        return subprocess.Popen(command, env={**os.environ, **(env or {})}, start_new_session=True,
+                                stdout=sink, stderr=subprocess.STDOUT)
+
+
+def serve(run_dir: str | None, results_dir: str, *, host: str = "127.0.0.1", port: int = 5000, optuna: bool = False) -> int:
+    """Serve the run's MLflow store and print the experiment's URL; block until Ctrl-C, then stop."""
+    run = Path(run_dir) if run_dir else newest_run(results_dir)
+    saved = run / TRACKING_FILE
+    if not saved.exists():
+        raise ConfigError(f"{run}: no MLflow tracking record ({TRACKING_FILE}); was it a search run?")
+    state = json.loads(saved.read_text())
+    processes = []
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated `rst-tune ui` stops its servers too
+    try:
+        if state["tracking_uri"].startswith("sqlite:"):
+            processes.append(_start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", state["tracking_uri"],
+                                     "--host", host, "--port", str(port), "--workers", "1"],
+                                    run / "mlflow_server.log", env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))
+            base = f"http://{host}:{port}"
+            _wait_until_up(f"{base}/health", processes[-1], "mlflow server", run / "mlflow_server.log")
+        else:
+            base = state["tracking_uri"]
+        print(f"MLflow: {base}/#/experiments/{state['experiment_id']}/runs", flush=True)
+        if optuna:
+            dashboard = shutil.which("optuna-dashboard", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+            if dashboard is None:
+                raise ConfigError("--optuna: optuna-dashboard is not installed (pip install optuna-dashboard)")
+            processes.append(_start([dashboard, study_url(run), "--host", host, "--port", str(port + 1)],
+                                    run / "optuna_dashboard.log"))
+            _wait_until_up(f"http://{host}:{port + 1}/", processes[-1], "optuna-dashboard", run / "optuna_dashboard.log")
+            print(f"Optuna: http://{host}:{port + 1}/", flush=True)
+        if not processes:
+            return 0
+        print("Ctrl-C stops the server" + ("s" if len(processes) > 1 else ""), flush=True)
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)

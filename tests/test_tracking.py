@@ -1,0 +1,145 @@
+"""MLflow tracking against real `mlflow server` processes on 127.0.0.1, and the UI in a real browser."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from rst_tune.models import build_model
+from rst_tune.search import parse_spec, run_search
+from rst_tune.tracking import tracker_for
+from rst_tune.train import EPOCH_METRICS
+
+from conftest import free_port
+
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+SPACE = {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}},
+                      "linear": {"p_start": {"low": 0.0, "high": 1.0}, "p_end": {"low": 0.0, "high": 1.0}}},
+         "rho": {"low": 0.01, "high": 0.2, "log": True},
+         "grst_weight": {"low": 0.1, "high": 1.0, "optional": True},
+         "lr": {"choices": [0.05, 1.0e-5, 1.0e+6]}}
+
+
+def _children(client, experiment):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parents, {int(r.data.tags["rst.optuna_trial"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
+
+
+def test_search_logs_nested_runs_over_http(local_ray, tmp_path, mlflow_server):
+    values = {"name": "tracked", "train": {"epochs": 3, "batch_size": 128, "device": "cpu"}, "space": SPACE,
+              "points_to_evaluate": [{"schedule": {"name": "constant", "params": {"p": 0.5}}, "lr": 1.0e-5},
+                                     {"schedule": {"name": "constant", "params": {"p": 0.5}}, "lr": 1.0e+6}],
+              "early_stopping": {"rule": "pareto_fair", "grace_epochs": 1}, "num_samples": 5, "seed": 2}
+    spec, run_dir, lines = parse_spec(values), tmp_path / "tracked", []
+    tracker = tracker_for(run_dir, spec, mlflow_server.url)
+    report = run_search(values, spec, run_dir, callbacks=[tracker], out=lines.append)
+    assert not [line for line in lines if "not logged" in line or "warning" in line]
+    client = MlflowClient(mlflow_server.url)
+    parents, children = _children(client, "tracked")
+    assert len(parents) == 1 and len(children) == 5
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["rst.pareto_size"] == str(len(report.front))
+    assert parent.data.metrics["hypervolume"] == pytest.approx(report.hypervolume)
+    assert parent.data.tags["rst.version.torch"] == version("torch") and parent.data.tags["rst.version.ray"] == version("ray")
+    assert {"search.yaml", "resolved_search.json", "pareto.png", "pareto.html", "pareto.csv", "pareto.json",
+            "pareto.txt"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    front = {row.number for row in report.front}
+    rows = {row.number: row for row in report.trials}
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    assert {rows[n].state for n in children} >= {"COMPLETE", "PRUNED", "FAIL"}
+    for number, run in children.items():
+        row, tags, params = rows[number], run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["rst.ray_trial_id"] == row.ray_trial_id and run.info.run_name == row.label
+        assert run.info.status == status[row.state] and tags["rst.state"] == row.state
+        assert tags["rst.pareto"] == str(number in front).lower()
+        assert params["seed"] == str(row.seed) and params["expected_cost"] == str(row.expected_cost)
+        assert params["schedule"] == row.params["schedule"] and params["lr"] == str(row.params["lr"])
+        assert params["grst_weight"] == (str(row.params["grst_weight"]) if row.params["grst_weight.on"] else "off")
+        if params["schedule"] == "constant":
+            assert params["schedule.p"] == str(row.params["schedule.constant.p"])
+        assert set(run.data.metrics) == set(EPOCH_METRICS) - {"epoch"}  # nothing of Tune's internals
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == list(range(1, row.epochs + 1))
+        assert [m.value for m in history][-1] == pytest.approx(row.val_accuracy, nan_ok=True)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"schedule.png", "learning_curves.png"} <= artifacts
+        if row.state == "COMPLETE":
+            assert row.epochs == 3
+        if row.state == "FAIL":
+            assert tags["rst.state_reason"].startswith("diverged: train_loss is nan at epoch 1")
+        if number in front:  # the Pareto trials' final weights load into the model
+            path = client.download_artifacts(run.info.run_id, "model/model_state_dict.pt", str(tmp_path))
+            build_model("digits_cnn", 10, 1, 8).load_state_dict(torch.load(path, weights_only=True))
+        else:
+            assert "model" not in artifacts
+
+
+def test_a_dead_tracking_server_does_not_stop_the_search(local_ray, tmp_path, mlflow_server):
+    values = {"name": "dead", "train": {"epochs": 2, "batch_size": 128, "device": "cpu"}, "space": SPACE,
+              "num_samples": 4, "seed": 4}
+    spec, run_dir, lines = parse_spec(values), tmp_path / "dead", []
+
+    def out(line):
+        lines.append(line)
+        if line.startswith("[1/"):  # the first trial is done: the server dies
+            mlflow_server.kill()
+
+    report = run_search(values, spec, run_dir, callbacks=[tracker_for(run_dir, spec, mlflow_server.url, out=out)], out=out)
+    assert len(report.trials) == 4 and all(row.state in ("COMPLETE", "FAIL", "PRUNED") for row in report.trials)
+    assert sum("warning: MLflow at" in line for line in lines) == 1
+    assert re.search(r"not logged to MLflow at http://127.0.0.1:\d+: .*\d+ epoch metrics", lines[-2] + lines[-1])
+    assert (run_dir / "pareto.json").exists()
+
+
+@pytest.mark.skipif(shutil.which("chromedriver") is None and not os.environ.get("RST_TUNE_REQUIRE_BROWSER"),
+                    reason="needs chromium and chromium-driver (apt-get install chromium chromium-driver)")
+def test_rst_tune_ui_shows_the_trial_runs_in_a_browser(local_ray, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    values = {"name": "browsed", "train": {"epochs": 1, "batch_size": 128, "device": "cpu"}, "space": SPACE,
+              "num_samples": 3, "seed": 6}
+    spec, run_dir = parse_spec(values), tmp_path / "browsed"
+    report = run_search(values, spec, run_dir, callbacks=[tracker_for(run_dir, spec)], out=lambda line: None)
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "rst_tune.cli", "ui", str(run_dir), "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        line = ui.stdout.readline()
+        assert line.startswith(f"MLflow: http://127.0.0.1:{port}/#/experiments/"), line
+        options = webdriver.ChromeOptions()
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--window-size=1600,1000"):
+            options.add_argument(flag)
+        options.binary_location = shutil.which("chromium") or options.binary_location
+        browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+        try:
+            browser.get(line.split(" ", 1)[1].strip())
+            names = [row.label for row in report.trials]
+            expand = "[role=gridcell] button[data-component-id*='runnamecellrenderer']"  # the parent's "+"
+            try:
+                WebDriverWait(browser, 60, poll_frequency=1).until(lambda b: b.find_elements("css selector", expand))
+                browser.find_element("css selector", expand).click()
+                WebDriverWait(browser, 60, poll_frequency=1).until(
+                    lambda b: all(name in b.find_element("tag name", "body").text for name in names))
+            finally:
+                ARTIFACTS.mkdir(exist_ok=True)
+                browser.save_screenshot(str(ARTIFACTS / "mlflow_ui.png"))
+            assert "browsed" in browser.find_element("tag name", "body").text
+        finally:
+            browser.quit()
+    finally:
+        ui.terminate()  # SIGTERM: `rst-tune ui` stops the server it started
+        ui.wait(timeout=30)
+    with pytest.raises(OSError):  # the server it started is gone with it
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
