@@ -112,11 +112,14 @@ def test_rst_tune_ui_shows_the_trial_runs_in_a_browser(local_ray, tmp_path):
     spec, run_dir = parse_spec(values), tmp_path / "browsed"
     report = run_search(values, spec, run_dir, callbacks=[tracker_for(run_dir, spec)], out=lambda line: None)
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "rst_tune.cli", "ui", str(run_dir), "--port", str(port)],
+    ui = subprocess.Popen([sys.executable, "-m", "rst_tune.cli", "ui", str(run_dir), "--port", str(port), "--optuna"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
-        line = ui.stdout.readline()
+        line, dashboard = ui.stdout.readline(), ui.stdout.readline()
         assert line.startswith(f"MLflow: http://127.0.0.1:{port}/#/experiments/"), line
+        assert dashboard.strip() == f"Optuna: http://127.0.0.1:{port + 1}/"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port + 1}/api/studies", timeout=10) as answer:
+            assert "browsed" in answer.read().decode()  # optuna-dashboard serves the run's study
         options = webdriver.ChromeOptions()
         for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                      "--window-size=1600,1000"):
@@ -141,5 +144,6 @@ def test_rst_tune_ui_shows_the_trial_runs_in_a_browser(local_ray, tmp_path):
     finally:
         ui.terminate()  # SIGTERM: `rst-tune ui` stops the server it started
         ui.wait(timeout=30)
-    with pytest.raises(OSError):  # the server it started is gone with it
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+    for url in (f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{port + 1}/"):
+        with pytest.raises(OSError):  # the servers it started are gone with it
+            urllib.request.urlopen(url, timeout=5)
