@@ -111,10 +111,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         values, spec = read_run(run_dir)
     else:
         overrides = {key: value for key, value in (("name", args.name), ("num_samples", args.num_samples),
-                                                   ("max_concurrent", args.max_concurrent)) if value is not None}
+                                                   ("max_concurrent", args.max_concurrent), ("storage", args.storage))
+                     if value is not None}
         if args.epochs is not None:
             overrides["train"] = {"epochs": args.epochs}
         values, spec = load_spec(find_space(args.space), overrides)
+        if args.check:
+            from rst_tune.search.space import points_to_evaluate
+
+            first = points_to_evaluate(spec)
+            print(f"{args.space}: valid; {spec.num_samples} trials of {spec.train_config().epochs} epochs, objective "
+                  f"{spec.objective}, searching {', '.join(['schedule'] * bool(spec.schedule) + list(spec.dimensions)) or 'nothing'}, "
+                  f"{len(first)} points first")
+            return 0
         run_dir = new_run_dir(args.results_dir, spec.name, exact=args.name is not None)
     tracker = tracker_for(run_dir, spec, args.tracking_uri, args.experiment)
     report = run_search(values, spec, run_dir, address=args.address, resume=bool(args.resume), callbacks=[tracker])
@@ -163,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--epochs", type=int, help="epochs per trial")
     search.add_argument("--results-dir", default="rst_runs", help="where runs live (default: ./rst_runs)")
     search.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    search.add_argument("--storage", help="where Ray keeps trials and checkpoints: s3://, gs://, or a shared path; "
+                                          "required on a multi-node cluster (default: the run folder)")
+    search.add_argument("--check", action="store_true", help="validate the space, print a summary, start nothing")
     search.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder")
     search.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in the run folder)")
     search.add_argument("--experiment", help="MLflow experiment (default: the search's name)")

@@ -59,6 +59,48 @@ def new_run_dir(results_dir: str | Path, name: str, exact: bool) -> Path:
     return candidate
 
 
+def storage_path(spec: SearchSpec, run_dir: Path) -> str:
+    """Where Ray keeps this run's trials: `<storage>/<run name>` with a storage, else the run folder."""
+    return f"{spec.storage.rstrip('/')}/{run_dir.name}" if spec.storage else str(run_dir.resolve())
+
+
+def experiment_path(spec: SearchSpec, run_dir: Path) -> str:
+    return f"{storage_path(spec, run_dir)}/{EXPERIMENT}"
+
+
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "9p")
+
+
+def filesystem_type(path: str | Path) -> str:
+    """The type of the filesystem holding `path` (from /proc/mounts), or "unknown"."""
+    target, best, kind = str(Path(path).resolve()), "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in mounts:
+        _, point, fstype = line.split()[:3]
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, kind = point, fstype
+    return kind
+
+
+def check_storage(spec: SearchSpec, run_dir: Path) -> None:
+    """On a cluster whose trials run on other machines, Ray's storage must be one they all reach."""
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    here = ray.util.get_node_ip_address()
+    head_runs_nothing = any(n["Resources"].get("CPU", 0) == 0 and n["Resources"].get("GPU", 0) == 0 for n in nodes)
+    if not any(n["NodeManagerAddress"] != here for n in nodes) and not head_runs_nothing:
+        return  # every node is this machine
+    path = spec.storage or str(run_dir)
+    if "://" in path and not path.startswith("file://"):
+        return
+    kind = filesystem_type(path.removeprefix("file://"))
+    if kind not in NETWORK_FILESYSTEMS and not kind.startswith("fuse."):
+        raise ConfigError(f"--storage: {path} is a local {kind} path, but this cluster runs trials on other machines; "
+                          "give storage they all reach: s3://bucket/prefix, gs://bucket/prefix, or a shared NFS mount")
+
+
 def _trial_dirname(trial) -> str:
     return trial.trial_id
 
@@ -98,17 +140,17 @@ def _tuner(spec: SearchSpec, run_dir: Path, searcher: RSTSearch | None, num_samp
            out: Callable[[str], None], resume: bool, callbacks: Sequence[SearchCallback]) -> tune.Tuner:
     epochs = spec.train_config().epochs
     trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    experiment = str((run_dir / EXPERIMENT).resolve())
     if resume:
-        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
+        return tune.Tuner.restore(experiment_path(spec, run_dir), trainable, resume_unfinished=True, resume_errored=False)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(spec, epochs),
                                     num_samples=num_samples, max_concurrent_trials=spec.max_concurrent,
                                     reuse_actors=spec.reuse_actors, trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir.resolve()), verbose=0,
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage_path(spec, run_dir), verbose=0,
                                   callbacks=[_Progress(spec.num_samples, epochs, out), *callbacks],
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
     )
 
 
@@ -129,7 +171,7 @@ def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *,
     `rst_tune.tracking.SearchTracker`) follow it; on resume Ray brings back the ones it started with."""
     run_dir = Path(run_dir)
     points_to_evaluate(spec)  # bad points are config errors: raise them before anything starts
-    restorable = resume and tune.Tuner.can_restore(str((run_dir / EXPERIMENT).resolve()))
+    restorable = resume and tune.Tuner.can_restore(experiment_path(spec, run_dir))
     if not resume:
         run_dir.mkdir(parents=True)
         (run_dir / SPEC_FILE).write_text(yaml.safe_dump(values, sort_keys=False))
@@ -145,6 +187,7 @@ def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *,
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial's line gives its reason; the traceback is in its error.txt
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level="ERROR")
+    check_storage(spec, run_dir)
     out(f"{'resuming' if resume else 'search'} {spec.name} in {run_dir}: {spec.num_samples} trials of "
         f"{spec.train_config().epochs} epochs, {spec.max_concurrent} at a time, objective {spec.objective}, "
         f"sampler {spec.sampler.name}")

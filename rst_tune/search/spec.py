@@ -107,6 +107,9 @@ class SearchSpec(_Strict):
     num_samples: int = Field(12, ge=1)
     max_concurrent: int = Field(2, ge=1)
     reuse_actors: bool = Field(True, description="run trials one after another in the same worker process")
+    max_failures: int = Field(1, ge=0, description="restarts of a trial whose worker died, from its last checkpoint")
+    storage: str | None = Field(None, description="where Ray keeps trials and checkpoints: a path, s3://, gs://; "
+                                                  "default the run folder")
     resources: Resources = Field(default_factory=Resources)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     baselines: bool = Field(True, description="evaluate SGD (p = 0) and SAM (p = 1) first")

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.tune
 
 from rst_tune.config import load_config
@@ -18,7 +19,7 @@ CHECKPOINT_FILE = "trainer.pt"
 
 def train_trial(config: dict[str, Any]) -> None:
     """Train `config["train"]`, resuming from Tune's checkpoint if there is one. Every epoch reports
-    the engine's metrics with `expected_cost` and a checkpoint. A diverged epoch is reported with a
+    the engine's metrics with `expected_cost`, the Ray node it ran on, and a checkpoint. A diverged epoch is reported with a
     `failure` reason, then raised, so the trial ends FAILED with that reason."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per checkpoint
     trainer = Trainer(load_config(config["train"]))
@@ -26,8 +27,9 @@ def train_trial(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load(Path(folder) / CHECKPOINT_FILE)
+    node_id = ray.get_runtime_context().get_node_id()
     for metrics in trainer.fit():
-        metrics = {**metrics, "expected_cost": config["expected_cost"]}
+        metrics = {**metrics, "expected_cost": config["expected_cost"], "node_id": node_id}
         diverged = [key for key in ("train_loss", "val_loss") if not math.isfinite(metrics[key])]
         if diverged:
             reason = f"diverged: {diverged[0]} is {metrics[diverged[0]]} at epoch {metrics['epoch']}"
