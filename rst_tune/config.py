@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -88,10 +89,15 @@ def load_config(values: dict[str, Any]) -> TrainConfig:
         raise ConfigError(format_validation_error(err)) from None
 
 
+def display_key(key: object) -> str:
+    """A key as it reads in an error: plain if it looks like one, else quoted (`'a b'`, `'\\n'`)."""
+    return str(key) if re.fullmatch(r"[\w-]+", str(key)) else repr(key)
+
+
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for problem in err.errors():
-        key = ".".join(str(part) for part in problem["loc"]) or "config"
+        key = ".".join(display_key(part) for part in problem["loc"]) or "config"
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown key"

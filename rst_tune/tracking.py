@@ -100,7 +100,7 @@ class SearchTracker(SearchCallback):
         self._missed: Counter[str] = Counter()
         self._runs: dict[int, str] = {}  # Optuna trial number -> MLflow run id
         self._logged_epochs: dict[int, int] = {}
-        self._history: dict[int, list[dict[str, float]]] = {}
+        self._history: dict[int, dict[int, dict[str, float]]] = {}  # trial -> epoch -> metrics (a retried epoch once)
 
     def __getstate__(self) -> dict:
         return {"args": self._args}
@@ -193,7 +193,7 @@ class SearchTracker(SearchCallback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         number = trial.config["optuna_trial"]
-        self._history.setdefault(number, []).append({k: result[k] for k in EPOCH_METRICS if k in result})
+        self._history.setdefault(number, {})[int(result["epoch"])] = {k: result[k] for k in EPOCH_METRICS if k in result}
         run_id = self._trial_run(trial)
         if run_id is None:
             self._missed["epoch metrics"] += 1
@@ -232,7 +232,7 @@ class SearchTracker(SearchCallback):
         if run_id is None:
             return
         number = trial.config["optuna_trial"]
-        history = self._history.get(number, [])
+        history = [metrics for _, metrics in sorted(self._history.get(number, {}).items())]
         if len(history) < (history[-1]["epoch"] if history else 0):  # resumed: earlier epochs are in MLflow
             history = self._history_from_mlflow(run_id) or history
         if history:

@@ -85,14 +85,16 @@ def filesystem_type(path: str | Path) -> str:
     return kind
 
 
-def check_storage(spec: SearchSpec, run_dir: Path) -> None:
-    """On a cluster whose trials run on other machines, Ray's storage must be one they all reach."""
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    here = ray.util.get_node_ip_address()
-    head_runs_nothing = any(n["Resources"].get("CPU", 0) == 0 and n["Resources"].get("GPU", 0) == 0 for n in nodes)
-    if not any(n["NodeManagerAddress"] != here for n in nodes) and not head_runs_nothing:
-        return  # every node is this machine
-    path = spec.storage or str(run_dir)
+def spans_machines(nodes: list[dict], here: str) -> bool:
+    """Whether a cluster (`ray.nodes()`) runs, or will run, trials on machines other than `here`:
+    a live node elsewhere, or a head with no CPU or GPU (its workers are still to come)."""
+    alive = [n for n in nodes if n["Alive"]]
+    head_runs_nothing = any(n["Resources"].get("CPU", 0) == 0 and n["Resources"].get("GPU", 0) == 0 for n in alive)
+    return head_runs_nothing or any(n["NodeManagerAddress"] != here for n in alive)
+
+
+def check_shared(path: str) -> None:
+    """Raise ConfigError unless every machine of a cluster can reach `path`."""
     if "://" in path and not path.startswith("file://"):
         return
     kind = filesystem_type(path.removeprefix("file://"))
@@ -187,7 +189,8 @@ def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *,
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial's line gives its reason; the traceback is in its error.txt
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level="ERROR")
-    check_storage(spec, run_dir)
+    if spans_machines(ray.nodes(), ray.util.get_node_ip_address()):
+        check_shared(spec.storage or str(run_dir))
     out(f"{'resuming' if resume else 'search'} {spec.name} in {run_dir}: {spec.num_samples} trials of "
         f"{spec.train_config().epochs} epochs, {spec.max_concurrent} at a time, objective {spec.objective}, "
         f"sampler {spec.sampler.name}")

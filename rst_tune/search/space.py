@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from rst_tune.config import ConfigError, TrainConfig, load_config
+from rst_tune.config import ConfigError, TrainConfig, display_key, load_config
 from rst_tune.search.spec import Dimension, SearchSpec
 
 
@@ -110,7 +110,7 @@ def optuna_params(spec: SearchSpec, point: dict[str, Any], where: str = "point")
             else:
                 params[f"{key}.on"] = False
         else:
-            raise ConfigError(f"{where}.{key}: not a searched key (searched: {', '.join(_searched_keys(spec))})")
+            raise ConfigError(f"{where}.{display_key(key)}: not a searched key (searched: {', '.join(_searched_keys(spec))})")
     return params
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from rst_tune.config import ConfigError, TrainConfig, format_validation_error, load_config
+from rst_tune.config import ConfigError, TrainConfig, display_key, format_validation_error, load_config
 from rst_tune.schedules import Schedule, make_schedule, schedule_params
 
 OBJECTIVES = ("pareto", "acc_per_prop", "accuracy_under_budget")
@@ -135,7 +135,7 @@ class SearchSpec(_Strict):
             if key == "schedule":
                 self._schedule = _schedule_families(raw)
             elif key not in TrainConfig.model_fields:
-                raise ValueError(f"space.{key}: unknown key (searched keys are training settings: {', '.join(TrainConfig.model_fields)})")
+                raise ValueError(f"space.{display_key(key)}: unknown key (searched keys are training settings: {', '.join(TrainConfig.model_fields)})")
             else:
                 self._dimensions[key] = _dimension(raw, f"space.{key}")
                 for value in self._dimensions[key].values_to_check():
@@ -186,7 +186,7 @@ def _schedule_families(raw: Any) -> dict[str, ScheduleFamily]:
         raise ValueError("space.schedule: expected a mapping of schedule families to their parameters")
     families = {}
     for name, params in raw.items():
-        where = f"space.schedule.{name}"
+        where = f"space.schedule.{display_key(name)}"
         try:
             expected = schedule_params(name)
         except ValueError as err:
@@ -199,7 +199,7 @@ def _schedule_families(raw: Any) -> dict[str, ScheduleFamily]:
                 raise ValueError(f"{where}.{key}: missing (a number or a dimension)")
         for key in params:
             if key not in expected:
-                raise ValueError(f"{where}.{key}: unknown parameter ({name} takes {', '.join(expected)})")
+                raise ValueError(f"{where}.{display_key(key)}: unknown parameter ({name} takes {', '.join(expected)})")
         family = {k: (_dimension(v, f"{where}.{k}") if isinstance(v, dict) else v) for k, v in params.items()}
         for key, value in family.items():
             for candidate in value.values_to_check() if isinstance(value, Dimension) else [value]:
