@@ -11,6 +11,7 @@ returns what was not logged.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -110,6 +111,7 @@ class SearchTracker(SearchCallback):
 
     def setup(self, **info) -> None:
         if self.client is None:
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # not "Creating initial tables"
             self.client = mlflow.MlflowClient(self.tracking_uri)
         if self.parent_id is None:
             self.experiment_id, self.parent_id = self._open()
