@@ -174,6 +174,13 @@ def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *,
     run_dir = Path(run_dir)
     points_to_evaluate(spec)  # bad points are config errors: raise them before anything starts
     restorable = resume and tune.Tuner.can_restore(experiment_path(spec, run_dir))
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # save the experiment state often: resume loses little
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # progress is ours: one line per trial
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial's line gives its reason; the traceback is in its error.txt
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level="ERROR")
+    if spans_machines(ray.nodes(), ray.util.get_node_ip_address()):
+        check_shared(spec.storage or str(run_dir))
     if not resume:
         run_dir.mkdir(parents=True)
         (run_dir / SPEC_FILE).write_text(yaml.safe_dump(values, sort_keys=False))
@@ -184,13 +191,6 @@ def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *,
         fresh = not resume or not optuna.get_all_study_names(storage)
         searcher = RSTSearch(spec, storage, spec.train_config().epochs, enqueue=fresh)
         remaining -= sum(t.state.is_finished() and "ray_trial_id" in t.user_attrs for t in searcher.study.get_trials())
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # save the experiment state often: resume loses little
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # progress is ours: one line per trial
-    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial's line gives its reason; the traceback is in its error.txt
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level="ERROR")
-    if spans_machines(ray.nodes(), ray.util.get_node_ip_address()):
-        check_shared(spec.storage or str(run_dir))
     out(f"{'resuming' if resume else 'search'} {spec.name} in {run_dir}: {spec.num_samples} trials of "
         f"{spec.train_config().epochs} epochs, {spec.max_concurrent} at a time, objective {spec.objective}, "
         f"sampler {spec.sampler.name}")
