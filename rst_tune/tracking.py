@@ -242,7 +242,9 @@ class SearchTracker(SearchCallback):
                 for name, draw in (("schedule.png", plot_schedule), ("learning_curves.png", plot_learning_curves)):
                     draw(trial.config, history, Path(folder) / name, self.epochs)
                     self._call("trial artifacts", self.client.log_artifact, run_id, str(Path(folder) / name))
-        self._set_status(number, run_id)
+        trials = self.study.get_trials(deepcopy=False)
+        if number < len(trials):
+            self._set_status(run_id, trials[number].state.name, trials[number].user_attrs.get("state_reason"))
 
     def _history_from_mlflow(self, run_id: str) -> list[dict[str, float]]:
         series = {k: self._call("run lookup", self.client.get_metric_history, run_id, k)
@@ -252,14 +254,13 @@ class SearchTracker(SearchCallback):
         by_key = {k: {m.step: m.value for m in v} for k, v in series.items()}
         return [{"epoch": e, **{k: by_key[k].get(e, float("nan")) for k in by_key}} for e in epochs]
 
-    def _set_status(self, number: int, run_id: str) -> None:
-        frozen = self.study.trials[number] if number < len(self.study.trials) else None
-        if frozen is None or not frozen.state.is_finished():
+    def _set_status(self, run_id: str, state: str, reason: str | None) -> None:
+        """Mirror an Optuna trial state (and its reason) on the trial's run; unfinished ones are left."""
+        if state not in STATUS:
             return
-        reason = frozen.user_attrs.get("state_reason")
-        tags = [RunTag("rst.state", frozen.state.name)] + ([RunTag("rst.state_reason", reason)] if reason else [])
+        tags = [RunTag("rst.state", state)] + ([RunTag("rst.state_reason", reason)] if reason else [])
         self._call("trial status", self.client.log_batch, run_id, tags=tags)
-        self._call("trial status", self.client.set_terminated, run_id, status=STATUS[frozen.state.name])
+        self._call("trial status", self.client.set_terminated, run_id, status=STATUS[state])
 
     # -- the end of the search -----------------------------------------------------------------
     def finish(self, report: ParetoReport, report_files: list[Path], checkpoints: dict[str, tune.Checkpoint],
@@ -283,7 +284,7 @@ class SearchTracker(SearchCallback):
             run_id = self._runs.get(row.number)
             if run_id is None:
                 continue
-            self._set_status(row.number, run_id)
+            self._set_status(run_id, row.state, row.reason)
             self._call("trial tags", self.client.set_tag, run_id, "rst.pareto", str(row.number in front).lower())
             checkpoint = checkpoints.get(row.ray_trial_id)
             if row.number in front and checkpoint is not None:

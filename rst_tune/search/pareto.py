@@ -72,6 +72,13 @@ class ParetoReport:
     reference_propagations: int | None
     hypervolume: float | None
 
+    def complete(self) -> list[TrialRow]:
+        return [r for r in self.trials if r.state == "COMPLETE"]
+
+    def stopped_early(self) -> list[TrialRow]:
+        """Trials a scheduler stopped after at least one epoch (their metrics are partial)."""
+        return [r for r in self.trials if r.state == "PRUNED" and r.val_accuracy is not None]
+
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for row in self.trials:
@@ -133,8 +140,7 @@ def plot_html(report: ParetoReport, path: Path) -> None:
                           text=[f"trial {r.number}: {r.label}" + (f" [{r.baseline}]" if r.baseline else "") for r in rows],
                           hovertemplate="%{text}<br>cost %{x:.3f}, val_accuracy %{y:.2%}<extra></extra>")
 
-    complete = [r for r in report.trials if r.state == "COMPLETE"]
-    stopped = [r for r in report.trials if r.state == "PRUNED" and r.val_accuracy is not None]
+    complete, stopped = report.complete(), report.stopped_early()
     fig = go.Figure([points(complete, f"trials ({len(complete)})", mode="markers", marker={"color": "grey"}),
                      points(stopped, f"stopped early ({len(stopped)})", mode="markers",
                             marker={"color": "grey", "symbol": "circle-open"}),
@@ -153,8 +159,7 @@ def plot(report: ParetoReport, path: Path) -> None:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    complete = [r for r in report.trials if r.state == "COMPLETE"]
-    stopped = [r for r in report.trials if r.state == "PRUNED" and r.val_accuracy is not None]
+    complete, stopped = report.complete(), report.stopped_early()
     ax.scatter([r.cost_ratio for r in complete], [r.val_accuracy for r in complete], s=22, color="0.6",
                label=f"trials ({len(complete)})", zorder=2)
     if stopped:
