@@ -5,9 +5,11 @@ import json
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 
 import optuna
 import pytest
@@ -117,6 +119,16 @@ def test_budget_search_trains_nothing_over_budget(local_ray, tmp_path):
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3
 
 
+def _states_read_only(db):
+    """Trial states of a study that another process is writing; opening it through Optuna here could
+    race the driver's creation of the schema."""
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            return [state for (state,) in connection.execute("SELECT state FROM trials")]
+    except sqlite3.OperationalError:  # not created yet
+        return []
+
+
 def _cli(*args, **kwargs):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     return subprocess.Popen([sys.executable, "-m", "rst_tune.cli", "search", *args], env=env, start_new_session=True,
@@ -133,10 +145,9 @@ def test_resume_after_sigkill_keeps_exactly_num_samples_trials(tmp_path):
     while time.time() < deadline:
         time.sleep(1)
         assert first.poll() is None, first.stdout.read()
-        if "resume" in optuna.get_all_study_names(f"sqlite:///{run_dir}/optuna.db") if run_dir.exists() else ():
-            states = [t.state for t in _study(run_dir, "resume").trials]
-            if states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states:
-                break
+        states = _states_read_only(run_dir / "optuna.db")
+        if states.count("COMPLETE") >= 2 and "RUNNING" in states:
+            break
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     at_kill = [t.state for t in _study(run_dir, "resume").trials]
