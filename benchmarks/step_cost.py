@@ -8,7 +8,8 @@ reported. The ideal ratio of a variant is 1 + (its realised SAM fraction in that
 
     python benchmarks/step_cost.py                      # CPU, and CUDA when present
     python benchmarks/step_cost.py --json out.json      # also write every figure as JSON
-Targets (issue 2): p ≡ 0 ≤ 1.02× SGD, p ≡ 1 ≤ 2.03× SGD, p̄ = 0.5 within 3 % of its ideal.
+Targets (issues 2 and 6): p ≡ 0 ≤ 1.02× SGD, p ≡ 1 ≤ 2.03× SGD, p̄ = 0.5 within 3 % of its ideal,
+G-RST ≤ 1.02× RST at p̄ = 0.5 (both draw the same coins: same seed, same schedule).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def measure(model_name: str, device: torch.device, batch_size: int, steps: int, 
             seconds[variant].append((time.perf_counter() - start) / steps)
             sam_fraction[variant].append(sam / steps)
     result = {"model": model_name, "device": str(device), "batch_size": batch_size, "steps_per_round": steps,
-              "rounds": rounds, "sgd_ms": 1e3 * statistics.median(seconds["sgd"]), "variants": {}}
+              "rounds": rounds, "sgd_ms": 1e3 * statistics.median(seconds["sgd"]), "variants": {},
+              "grst_over_rst": statistics.median(g / r for g, r in zip(seconds["grst p=0.5"], seconds["p=0.5"]))}
     for variant in VARIANTS:
         ratios = [t / s for t, s in zip(seconds[variant], seconds["sgd"])]
         of_ideal = [r / (1 + f) for r, f in zip(ratios, sam_fraction[variant])]
@@ -113,7 +115,8 @@ def verdicts(result: dict) -> dict[str, bool]:
     v = result["variants"]
     return {"p=0 <= 1.02x SGD": v["p=0"]["ratio_to_sgd"] <= 1.02,
             "p=1 <= 2.03x SGD": v["p=1"]["ratio_to_sgd"] <= 2.03,
-            "p=0.5 within 3% of ideal": abs(v["p=0.5"]["ratio_to_ideal"] - 1) <= 0.03}
+            "p=0.5 within 3% of ideal": abs(v["p=0.5"]["ratio_to_ideal"] - 1) <= 0.03,
+            "G-RST <= 1.02x RST": result["grst_over_rst"] <= 1.02}
 
 
 def main() -> None:
@@ -141,6 +144,7 @@ def main() -> None:
             for variant, v in result["variants"].items():
                 print(f"  {variant:<12}{v['ms']:>9.2f}{v['ratio_to_sgd']:>8.3f}{v['sam_fraction']:>10.3f}"
                       f"{1 + v['sam_fraction']:>7.3f}{v['ratio_to_ideal']:>9.3f}")
+            print(f"  G-RST / RST at p=0.5: {result['grst_over_rst']:.3f} (median of per-round ratios)")
             print("  " + ", ".join(f"{k}: {'yes' if ok else 'NO'}" for k, ok in result["verdicts"].items()))
     if args.json:
         with open(args.json, "w") as f:

@@ -17,7 +17,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -69,19 +69,23 @@ class ImageData:
         flips = torch.rand(n, generator=generator) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
         order, shifts, flips = order.to(device), shifts.to(device), flips.to(device)
         padded = torch.nn.functional.pad(self.train_x, (pad,) * 4) if pad else self.train_x
+        normalize = self._normalizer(device)
         for start in range(0, self.steps_per_epoch(batch_size) * batch_size, batch_size):
             idx = order[start : start + batch_size]
             images = crop_and_flip(padded[idx], shifts[idx], flips[idx], self.train_x.shape[-1])
-            yield self.normalize(images), self.train_y[idx]
+            yield normalize(images), self.train_y[idx]
 
     def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        normalize = self._normalizer(self.val_y.device)
         for start in range(0, len(self.val_y), batch_size):
-            yield self.normalize(self.val_x[start : start + batch_size]), self.val_y[start : start + batch_size]
+            yield normalize(self.val_x[start : start + batch_size]), self.val_y[start : start + batch_size]
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=images.device, dtype=torch.float32).view(-1, 1, 1)
-        inv_std = 1 / torch.tensor(self.std, device=images.device, dtype=torch.float32).view(-1, 1, 1)
-        return (images.float() - mean) * inv_std
+    def _normalizer(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        """images ↦ (images − mean) / std, its constants copied to the device once per epoch: a copy
+        per batch would be a host synchronisation per step."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1).to(device)
+        inv_std = 1 / torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1).to(device)
+        return lambda images: (images.float() - mean) * inv_std
 
 
 def crop_and_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:

@@ -94,6 +94,23 @@ class Trainer:
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
         return loss, logits
 
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step, SGD or sharpness-aware as the schedule draws, then the learning-rate step.
+        Returns the clean pass's loss and number of correct predictions, left on the device."""
+        first_logits: list[torch.Tensor] = []
+
+        def closure() -> torch.Tensor:
+            loss, logits = self._loss(images, labels)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            if not first_logits:
+                first_logits.append(logits.detach())
+            return loss
+
+        loss = self.optimizer.step(closure)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        return loss.detach(), (first_logits[0].argmax(1) == labels).sum()
+
     def train_epoch(self, progress: bool = False) -> dict[str, float]:
         """Train one epoch, evaluate, and return (and record) the epoch's metrics."""
         start = time.perf_counter()
@@ -105,20 +122,9 @@ class Trainer:
             batches = tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
                            leave=False, unit="step")
         for images, labels in batches:
-            first_logits: list[torch.Tensor] = []
-
-            def closure() -> torch.Tensor:
-                loss, logits = self._loss(images, labels)
-                (self.scaler.scale(loss) if self.scaler else loss).backward()
-                if not first_logits:
-                    first_logits.append(logits.detach())
-                return loss
-
-            loss = self.optimizer.step(closure)
-            if self.lr_scheduler is not None:
-                self.lr_scheduler.step()
-            loss_sum += loss.detach()
-            correct += (first_logits[0].argmax(1) == labels).sum()
+            loss, right = self.train_step(images, labels)
+            loss_sum += loss
+            correct += right
         val_loss, val_accuracy = self.evaluate()
         train_loss, train_correct = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
         self.wall_s += time.perf_counter() - start

@@ -1,0 +1,67 @@
+"""The training step wastes nothing: no host synchronisation on CUDA, no recompiles under torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from rst_tune.config import load_config
+from rst_tune.train import Trainer
+
+STEP_KINDS = {
+    "sgd": {"schedule": {"name": "constant", "params": {"p": 0.0}}},
+    "sam": {"schedule": {"name": "constant", "params": {"p": 1.0}}},
+    "grst": {"schedule": {"name": "constant", "params": {"p": 0.5}}, "grst_weight": 0.3},
+}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine)")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("kind", list(STEP_KINDS))
+def test_training_steps_never_synchronise_the_host(kind, precision):
+    config = load_config({**STEP_KINDS[kind], "dataset": "synthetic", "model": "resnet18", "batch_size": 128,
+                          "epochs": 1, "device": "cuda", "precision": precision, "channels_last": precision == "bf16",
+                          "grad_clip": 5.0, "seed": 3})
+    trainer = Trainer(config)
+    trainer.model.train()
+    batches = trainer.data.train_batches(config.batch_size, trainer.data_rng)
+    loss_sum = torch.zeros((), device="cuda")
+    correct = torch.zeros((), device="cuda", dtype=torch.long)
+    for _ in range(3):  # warm-up: cuDNN/cuBLAS handles, momentum buffers, the SAM copy of θ
+        trainer.train_step(*next(batches))
+    torch.cuda.synchronize()
+    steps_before, sam_before = trainer.optimizer.steps, trainer.optimizer.sam_steps
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(12):
+            loss, right = trainer.train_step(*next(batches))
+            loss_sum += loss
+            correct += right
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    sam_steps = trainer.optimizer.sam_steps - sam_before
+    assert trainer.optimizer.steps - steps_before == 12
+    assert sam_steps == {"sgd": 0, "sam": 12}.get(kind, sam_steps)
+    if kind == "grst":
+        assert 0 < sam_steps < 12  # both branches ran under the check
+    assert torch.isfinite(loss_sum).item() and 0 <= correct.item() <= 12 * config.batch_size
+
+
+def test_compiled_model_does_not_recompile_across_sgd_and_sharpness_aware_steps():
+    settings = {"epochs": 2, "schedule": {"name": "constant", "params": {"p": 0.5}}, "grst_weight": 0.3, "seed": 1}
+    eager = Trainer(load_config(settings))
+    compiled = Trainer(load_config({**settings, "compile": True}))
+    eager_history = [eager.train_epoch() for _ in range(2)]
+    compiled.train_epoch()  # warm-up: the clean pass, the perturbed pass (BatchNorm frozen) and evaluation
+    graphs = counters["stats"]["unique_graphs"]
+    sam_before, steps_before = compiled.optimizer.sam_steps, compiled.optimizer.steps
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled.train_epoch()
+    sam_steps = compiled.optimizer.sam_steps - sam_before
+    assert 0 < sam_steps < compiled.optimizer.steps - steps_before  # both step kinds ran after warm-up
+    assert counters["stats"]["unique_graphs"] == graphs
+    for eager_metrics, compiled_metrics in zip(eager_history, compiled.history):
+        assert compiled_metrics["propagations"] == eager_metrics["propagations"]
+        assert compiled_metrics["train_loss"] == pytest.approx(eager_metrics["train_loss"], rel=1e-4)
+        assert compiled_metrics["val_accuracy"] == pytest.approx(eager_metrics["val_accuracy"], abs=1 / 360)
