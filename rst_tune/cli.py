@@ -92,13 +92,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
-def find_space(name: str) -> Path:
-    """A search-space file by path, or by name in ./search_spaces or the project's search_spaces/."""
+def find_space(name: str, flag: str = "--space") -> Path:
+    """A search-space or study file by path, or by name in ./search_spaces or the project's search_spaces/."""
     for candidate in (Path(name), Path("search_spaces") / f"{name}.yaml", SPACES_DIR / f"{name}.yaml"):
         if candidate.is_file():
             return candidate
     shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
-    raise ConfigError(f"--space {name}: no such file (shipped spaces: {shipped or 'none found'})")
+    raise ConfigError(f"{flag} {name}: no such file (shipped: {shipped or 'none found'})")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -131,6 +131,41 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(report.table())
     print(f"\nfiles: {run_dir}/pareto.csv, pareto.json, pareto.png, pareto.html")
     print(f"browse the trials: rst-tune ui {run_dir}  (add --optuna for optuna-dashboard on the study)")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from rst_tune.search.runner import new_run_dir
+    from rst_tune.study import load_study, read_study, run_study
+    from rst_tune.tracking import tracker_for
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        values, spec = read_study(run_dir)
+    else:
+        if not args.file:
+            raise ConfigError("give a study file (e.g. study_label_noise), or --resume RUN")
+        overrides = {key: value for key, value in (("name", args.name), ("seeds", args.seeds),
+                                                   ("max_concurrent", args.max_concurrent), ("storage", args.storage))
+                     if value is not None}
+        if args.epochs is not None:
+            overrides["train"] = {"epochs": args.epochs}
+        values, spec = load_study(find_space(args.file, "FILE"), overrides)
+        if args.check:
+            print(f"{args.file}: valid; {len(spec.configurations)} configurations × {spec.seeds} seeds = "
+                  f"{spec.num_samples} trials of {spec.train_config().epochs} epochs:")
+            for index in range(len(spec.configurations)):
+                config = spec.train_config_of(index)
+                print(f"  {spec.label(index)}: expected cost {1 + config.schedule.build().mean():.3f}")
+            return 0
+        run_dir = new_run_dir(args.results_dir, spec.name, exact=args.name is not None)
+    tracker = tracker_for(run_dir, spec.search_spec(), args.tracking_uri, args.experiment, kind="study",
+                          settings=spec.model_dump())
+    report = run_study(values, spec, run_dir, address=args.address, resume=bool(args.resume), callbacks=[tracker])
+    print()
+    print(report.table())
+    print(f"\nfiles: {run_dir}/study.md, study.csv, study.json, study.png")
+    print(f"browse the trials: rst-tune ui {run_dir}")
     return 0
 
 
@@ -180,13 +215,31 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--experiment", help="MLflow experiment (default: the search's name)")
     search.set_defaults(handler=cmd_search)
 
+    study = commands.add_parser("study", help="configurations × seeds, with error bars and t-tests against SGD and SAM",
+                                description="Train a fixed list of configurations with several seeds each; report "
+                                            "mean ± sd, 95 % intervals and Welch's t-test against SGD and SAM.")
+    study.add_argument("file", metavar="FILE", nargs="?",
+                       help="study YAML file, or the name of a shipped one (e.g. study_label_noise)")
+    study.add_argument("--seeds", type=int, help="seeds per configuration")
+    study.add_argument("--epochs", type=int, help="epochs per trial")
+    study.add_argument("--name", help="run name (default: the study's name; -2, -3, ... when taken)")
+    study.add_argument("--max-concurrent", type=int, help="trials running at once")
+    study.add_argument("--results-dir", default="rst_runs", help="where runs live (default: ./rst_runs)")
+    study.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    study.add_argument("--storage", help="where Ray keeps trials and checkpoints (see rst-tune search --help)")
+    study.add_argument("--check", action="store_true", help="validate the study, list its configurations, start nothing")
+    study.add_argument("--resume", metavar="RUN", help="continue the interrupted study in this folder")
+    study.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in the run folder)")
+    study.add_argument("--experiment", help="MLflow experiment (default: the study's name)")
+    study.set_defaults(handler=cmd_study)
+
     pareto = commands.add_parser("pareto", help="the Pareto front of a search run",
                                  description="Print a run's Pareto front and write pareto.csv, pareto.json, pareto.png.")
     pareto.add_argument("run_dir", metavar="RUN", help="the run folder, e.g. rst_runs/default")
     pareto.add_argument("--json", action="store_true", help="print pareto.json instead of the table")
     pareto.set_defaults(handler=cmd_pareto)
 
-    ui = commands.add_parser("ui", help="the MLflow UI (and optuna-dashboard) on a search run",
+    ui = commands.add_parser("ui", help="the MLflow UI (and optuna-dashboard) on a search or study run",
                              description="Start `mlflow server` on a run's store and print its experiment's URL; "
                                          "Ctrl-C stops what was started.")
     ui.add_argument("run_dir", metavar="RUN", nargs="?", help="the run folder (default: the newest in --results-dir)")

@@ -1,4 +1,4 @@
-"""MLflow tracking of a search from the driver: a parent run per search, a nested run per trial.
+"""MLflow tracking of a search or study from the driver: a parent run per run, a nested run per trial.
 
 Every write happens on the driver (workers need no MLflow access), each epoch in one `log_batch`.
 Trial runs are found again by their Optuna trial number, so a resumed search adds no duplicates,
@@ -50,10 +50,12 @@ def tracking_uri_of(run_dir: Path, given: str | None = None) -> str:
 
 
 def tracker_for(run_dir: Path, spec: SearchSpec, tracking_uri: str | None = None, experiment: str | None = None,
-                out: Callable[[str], None] = print) -> SearchTracker:
-    """The tracker of the search `spec` in `run_dir` (see `tracking_uri_of` for where it logs)."""
+                out: Callable[[str], None] = print, kind: str = "search",
+                settings: dict[str, Any] | None = None) -> SearchTracker:
+    """The tracker of the search (or, with `kind="study"`, the study) `spec` in `run_dir` (see
+    `tracking_uri_of` for where it logs); `settings` default to the spec's."""
     return SearchTracker(run_dir, tracking_uri_of(run_dir, tracking_uri), experiment or spec.name, spec.name,
-                         study_url(run_dir), spec.model_dump(), spec.train_config().epochs, out)
+                         study_url(run_dir), settings or spec.model_dump(), spec.train_config().epochs, out, kind)
 
 
 def flat_params(config: dict[str, Any]) -> dict[str, str]:
@@ -79,15 +81,16 @@ def package_versions() -> dict[str, str]:
 
 
 class SearchTracker(SearchCallback):
-    """Logs the search in `run_dir` to MLflow at `tracking_uri`, experiment `experiment`. The Optuna
-    study (`study_name` in `study_url`) gives each trial's final state; `settings` is the resolved
-    search, logged to the parent run. Pickles as its arguments but `out` (Ray saves its callbacks),
-    and opens its runs in `setup`, which Ray calls when the search starts or resumes."""
+    """Logs the search (or study: `kind`) in `run_dir` to MLflow at `tracking_uri`, experiment
+    `experiment`. The Optuna study (`study_name` in `study_url`) gives each trial's final state;
+    `settings` is the resolved search, logged to the parent run. Pickles as its arguments but `out`
+    (Ray saves its callbacks), and opens its runs in `setup`, which Ray calls when the run starts or resumes."""
 
     def __init__(self, run_dir: Path, tracking_uri: str, experiment: str, study_name: str, study_url: str,
-                 settings: dict[str, Any], epochs: int, out: Callable[[str], None] = print):
+                 settings: dict[str, Any], epochs: int, out: Callable[[str], None] = print, kind: str = "search"):
         self._args = (run_dir, tracking_uri, experiment, study_name, study_url, settings, epochs)
         self.run_dir, self.tracking_uri, self.experiment, self.epochs, self.out = run_dir, tracking_uri, experiment, epochs, out
+        self.kind = kind
         self.settings, self.study_name, self.study_url = settings, study_name, study_url
         if tracking_uri.startswith("http"):  # fail fast on a dead server rather than retrying for minutes
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -104,10 +107,10 @@ class SearchTracker(SearchCallback):
         self._history: dict[int, dict[int, dict[str, float]]] = {}  # trial -> epoch -> metrics (a retried epoch once)
 
     def __getstate__(self) -> dict:
-        return {"args": self._args}
+        return {"args": self._args, "kind": self.kind}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(*state["args"])
+        self.__init__(*state["args"], kind=state["kind"])
 
     def setup(self, **info) -> None:
         if self.client is None:
@@ -161,13 +164,13 @@ class SearchTracker(SearchCallback):
         if experiment_id is FAILED:
             return None, None
         parent = self._call("parent run", self.client.create_run, experiment_id, run_name=self.run_dir.name,
-                            tags={"rst.kind": "search", "rst.run_dir": str(self.run_dir.resolve()),
+                            tags={"rst.kind": self.kind, "rst.run_dir": str(self.run_dir.resolve()),
                                   **{f"rst.version.{k}": v for k, v in package_versions().items()}})
         if parent is FAILED:
             return experiment_id, None
         parent_id = parent.info.run_id
-        self._call("parent artifacts", self.client.log_artifact, parent_id, str(self.run_dir / "search.yaml"))
-        self._call("parent artifacts", self.client.log_dict, parent_id, self.settings, "resolved_search.json")
+        self._call("parent artifacts", self.client.log_artifact, parent_id, str(self.run_dir / f"{self.kind}.yaml"))
+        self._call("parent artifacts", self.client.log_dict, parent_id, self.settings, f"resolved_{self.kind}.json")
         saved.write_text(json.dumps({"tracking_uri": self.tracking_uri, "experiment_id": experiment_id,
                                      "parent_run_id": parent_id, "missed": {}}))
         return experiment_id, parent_id
@@ -180,7 +183,8 @@ class SearchTracker(SearchCallback):
         run = self._call("trial run", self.client.create_run, self.experiment_id, run_name=trial.config["label"][:250],
                          tags={"mlflow.parentRunId": self.parent_id, "rst.ray_trial_id": trial.trial_id,
                                "rst.optuna_trial": str(number),
-                               **({"rst.baseline": trial.config["baseline"]} if trial.config["baseline"] else {})})
+                               **({"rst.baseline": trial.config["baseline"]} if trial.config["baseline"] else {}),
+                               **({"rst.configuration": trial.config["configuration"]} if "configuration" in trial.config else {})})
         if run is FAILED:
             return None
         self._runs[number], self._logged_epochs[number] = run.info.run_id, 0
@@ -263,10 +267,10 @@ class SearchTracker(SearchCallback):
         self._call("trial status", self.client.set_terminated, run_id, status=STATUS[state])
 
     # -- the end of the search -----------------------------------------------------------------
-    def finish(self, report: ParetoReport, report_files: list[Path], checkpoints: dict[str, tune.Checkpoint],
+    def finish(self, report: Any, report_files: list[Path], checkpoints: dict[str, tune.Checkpoint],
                interrupted: bool) -> str | None:
-        """Close every trial run from the Optuna study, tag the front and log its weights, log the
-        report to the parent. Returns what the whole search could not log, if anything."""
+        """Close every trial run from the report's rows, log the report files to the parent and, for a
+        search, tag the front and log its weights. Returns what the whole run could not log, if anything."""
         self.setup()
         if self.parent_id is not None:
             self._finish(report, report_files, checkpoints, interrupted)
@@ -277,26 +281,33 @@ class SearchTracker(SearchCallback):
             return f"not logged to MLflow at {self.tracking_uri}: " + ", ".join(f"{n} {k}" for k, n in sorted(missed.items()))
         return None
 
-    def _finish(self, report: ParetoReport, report_files: list[Path], checkpoints: dict[str, tune.Checkpoint],
+    def _finish(self, report: Any, report_files: list[Path], checkpoints: dict[str, tune.Checkpoint],
                 interrupted: bool) -> None:
+        for row in report.trials:
+            run_id = self._runs.get(row.number)
+            if run_id is not None:
+                self._set_status(run_id, row.state, row.reason)
+        for path in report_files:
+            self._call("parent artifacts", self.client.log_artifact, self.parent_id, str(path))
+        if isinstance(report, ParetoReport):
+            self._finish_front(report, checkpoints)
+        self._call("parent status", self.client.set_terminated, self.parent_id,
+                   status=RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FINISHED))
+
+    def _finish_front(self, report: ParetoReport, checkpoints: dict[str, tune.Checkpoint]) -> None:
         front = {row.number for row in report.front}
         for row in report.trials:
             run_id = self._runs.get(row.number)
             if run_id is None:
                 continue
-            self._set_status(run_id, row.state, row.reason)
             self._call("trial tags", self.client.set_tag, run_id, "rst.pareto", str(row.number in front).lower())
             checkpoint = checkpoints.get(row.ray_trial_id)
             if row.number in front and checkpoint is not None:
                 self._log_weights(run_id, checkpoint)
-        for path in report_files:
-            self._call("parent artifacts", self.client.log_artifact, self.parent_id, str(path))
         self._call("parent artifacts", self.client.log_text, self.parent_id, report.table(), "pareto.txt")
         metrics = [Metric("hypervolume", report.hypervolume, int(time.time() * 1000), 0)] if report.hypervolume is not None else []
         self._call("parent summary", self.client.log_batch, self.parent_id, metrics=metrics,
                    tags=[RunTag("rst.pareto_size", str(len(report.front)))])
-        self._call("parent status", self.client.set_terminated, self.parent_id,
-                   status=RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FINISHED))
 
     def _log_weights(self, run_id: str, checkpoint: tune.Checkpoint) -> None:
         import torch

@@ -1,4 +1,4 @@
-"""`rst-tune ui`: the MLflow UI (and optuna-dashboard) on a search run, bound to 127.0.0.1 by default."""
+"""`rst-tune ui`: the MLflow UI (and optuna-dashboard) on a search or study run, bound to 127.0.0.1 by default."""
 
 from __future__ import annotations
 
@@ -14,15 +14,18 @@ from pathlib import Path
 
 from rst_tune.config import ConfigError
 from rst_tune.search.runner import SPEC_FILE, study_url
+from rst_tune.study.runner import SPEC_FILE as STUDY_SPEC_FILE
 from rst_tune.tracking import TRACKING_FILE
 
 READY_S = 120.0
 
 
 def newest_run(results_dir: str | Path) -> Path:
-    runs = sorted((p.parent for p in Path(results_dir).glob(f"*/{SPEC_FILE}")), key=lambda p: p.stat().st_mtime)
+    """The run (search or study) in `results_dir` started last."""
+    specs = [p for name in (SPEC_FILE, STUDY_SPEC_FILE) for p in Path(results_dir).glob(f"*/{name}")]
+    runs = [p.parent for p in sorted(specs, key=lambda p: p.stat().st_mtime)]
     if not runs:
-        raise ConfigError(f"{results_dir}: no search runs here; give the run folder")
+        raise ConfigError(f"{results_dir}: no search or study runs here; give the run folder")
     return runs[-1]
 
 
@@ -55,7 +58,7 @@ def serve(run_dir: str | None, results_dir: str, *, host: str = "127.0.0.1", por
     run = Path(run_dir) if run_dir else newest_run(results_dir)
     saved = run / TRACKING_FILE
     if not saved.exists():
-        raise ConfigError(f"{run}: no MLflow tracking record ({TRACKING_FILE}); was it a search run?")
+        raise ConfigError(f"{run}: no MLflow tracking record ({TRACKING_FILE}); was it a search or study run?")
     state = json.loads(saved.read_text())
     processes = []
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated `rst-tune ui` stops its servers too

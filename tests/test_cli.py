@@ -66,5 +66,5 @@ def test_search_with_a_bad_space_exits_2_with_one_line_and_starts_nothing(tmp_pa
     assert result.stderr == f"rst-tune: error: {bad}:5: space.rho: low (0.5) must be below high (0.1)\n"
     assert not (tmp_path / "runs").exists()
     missing = rst_tune("search", "--space", "nonexistent")
-    assert missing.returncode == 2 and "shipped spaces: cifar100_wrn28_10, cifar10_resnet18, default" in missing.stderr
+    assert missing.returncode == 2 and "shipped: cifar100_wrn28_10, cifar10_resnet18, default" in missing.stderr
     assert rst_tune("pareto", str(tmp_path)).returncode == 2

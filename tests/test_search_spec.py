@@ -10,7 +10,7 @@ from rst_tune.config import ConfigError
 from rst_tune.search import load_spec, parse_spec
 from rst_tune.search.space import DefineByRun, optuna_params, points_to_evaluate, trial_seed
 
-SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
+SPACES = sorted(p for p in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml") if not p.stem.startswith("study_"))
 GOOD = {
     "train": {"epochs": 2},
     "space": {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}},

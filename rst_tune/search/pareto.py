@@ -34,6 +34,7 @@ class TrialRow:
     ray_trial_id: str | None
     reason: str | None
     params: dict[str, Any]
+    configuration: str | None = None  # in a study: the configuration the trial is a seed of
 
     @classmethod
     def from_optuna(cls, trial: optuna.trial.FrozenTrial) -> TrialRow:
@@ -42,7 +43,7 @@ class TrialRow:
         return cls(trial.number, trial.state.name, attrs.get("label", ""), attrs.get("baseline"),
                    attrs.get("val_accuracy"), attrs.get("cost_ratio"), None if propagations is None else int(propagations),
                    attrs.get("expected_cost"), attrs.get("epoch"), attrs.get("seed"), attrs.get("ray_trial_id"),
-                   attrs.get("state_reason"), trial.params)
+                   attrs.get("state_reason"), trial.params, attrs.get("configuration"))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -24,7 +24,7 @@ from rst_tune.config import ConfigError
 from rst_tune.search.pareto import REPORT_FILES, ParetoReport, build_report, write_report
 from rst_tune.search.schedulers import build_scheduler
 from rst_tune.search.searcher import RSTSearch
-from rst_tune.search.space import points_to_evaluate
+from rst_tune.search.space import DefineByRun, points_to_evaluate
 from rst_tune.search.spec import SearchSpec, parse_spec
 from rst_tune.search.trainable import train_trial
 
@@ -39,13 +39,18 @@ def study_storage(run_dir: Path) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(study_url(run_dir), engine_kwargs={"connect_args": {"timeout": 60}})
 
 
-def read_run(run_dir: str | Path) -> tuple[dict[str, Any], SearchSpec]:
-    """The spec values a run was started with, and the validated spec."""
-    path = Path(run_dir) / SPEC_FILE
+def read_saved(run_dir: str | Path, spec_file: str, parse: Callable[[Any, str], Any]) -> tuple[dict[str, Any], Any]:
+    """The settings a run was started with (its `spec_file`), and them validated by `parse`."""
+    path = Path(run_dir) / spec_file
     if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a search run ({SPEC_FILE} missing)")
+        raise ConfigError(f"{run_dir}: not a {Path(spec_file).stem} run ({spec_file} missing)")
     values = yaml.safe_load(path.read_text())
-    return values, parse_spec(values, str(path))
+    return values, parse(values, str(path))
+
+
+def read_run(run_dir: str | Path) -> tuple[dict[str, Any], SearchSpec]:
+    """The spec values a search was started with, and the validated spec."""
+    return read_saved(run_dir, SPEC_FILE, parse_spec)
 
 
 def new_run_dir(results_dir: str | Path, name: str, exact: bool) -> Path:
@@ -157,22 +162,24 @@ def _tuner(spec: SearchSpec, run_dir: Path, searcher: RSTSearch | None, num_samp
 
 
 class SearchCallback(tune.Callback):
-    """A Tune callback that also hears of the search's start (`setup`, called on the driver before
-    Ray starts) and end (`finish`, with the report; returns a line to print, or None)."""
+    """A Tune callback that also hears of the run's start (`setup`, called on the driver before
+    Ray starts) and end (`finish`, with the report: a ParetoReport for a search, a StudyReport for a
+    study, both with `trials` rows; returns a line to print, or None)."""
 
-    def finish(self, report: ParetoReport, report_files: list[Path], checkpoints: dict[str, tune.Checkpoint],
+    def finish(self, report: Any, report_files: list[Path], checkpoints: dict[str, tune.Checkpoint],
                interrupted: bool) -> str | None:
         return None
 
 
-def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *, address: str | None = None,
-               resume: bool = False, callbacks: Sequence[SearchCallback] = (),
-               out: Callable[[str], None] = print) -> ParetoReport:
-    """Run (or with `resume`, continue) the search `spec` in `run_dir`; returns its Pareto report.
-    `values` are the spec's raw settings, saved so that the run can be resumed. `callbacks` (e.g.
-    `rst_tune.tracking.SearchTracker`) follow it; on resume Ray brings back the ones it started with."""
-    run_dir = Path(run_dir)
-    points_to_evaluate(spec)  # bad points are config errors: raise them before anything starts
+def run_trials(values: dict[str, Any], spec: SearchSpec, run_dir: Path, space: Callable[[Any], dict[str, Any]], *,
+               kind: str, spec_file: str, header: str, make_report: Callable[[Path], Any], report_files: Sequence[str],
+               address: str | None, resume: bool, callbacks: Sequence[SearchCallback],
+               out: Callable[[str], None]) -> Any:
+    """Run (or with `resume`, continue) `spec.num_samples` trials in `run_dir`, each configured by the
+    Optuna define-by-run function `space`; `values` are saved there as `spec_file`. `kind` and `header`
+    make the opening line ("search" or "study", then what runs). At the end `make_report(run_dir)`
+    writes `report_files` there and goes to the callbacks; it is returned."""
+    start = time.perf_counter()
     restorable = resume and tune.Tuner.can_restore(experiment_path(spec, run_dir))
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # save the experiment state often: resume loses little
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # progress is ours: one line per trial
@@ -183,33 +190,46 @@ def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *,
         check_shared(spec.storage or str(run_dir))
     if not resume:
         run_dir.mkdir(parents=True)
-        (run_dir / SPEC_FILE).write_text(yaml.safe_dump(values, sort_keys=False))
+        (run_dir / spec_file).write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = study_storage(run_dir)
     searcher, remaining = None, spec.num_samples
     if not restorable:  # a new run, or one interrupted before Ray saved its first experiment state
         fresh = not resume or not optuna.get_all_study_names(storage)
-        searcher = RSTSearch(spec, storage, spec.train_config().epochs, enqueue=fresh)
+        searcher = RSTSearch(spec, storage, spec.train_config().epochs, enqueue=fresh, space=space)
         remaining -= sum(t.state.is_finished() and "ray_trial_id" in t.user_attrs for t in searcher.study.get_trials())
-    out(f"{'resuming' if resume else 'search'} {spec.name} in {run_dir}: {spec.num_samples} trials of "
-        f"{spec.train_config().epochs} epochs, {spec.max_concurrent} at a time, objective {spec.objective}, "
-        f"sampler {spec.sampler.name}")
+    out(f"{'resuming' if resume else kind} {header}")
     for callback in callbacks:
         callback.setup()
-    start = time.perf_counter()
     results = _tuner(spec, run_dir, searcher, remaining, out, restorable, callbacks).fit()
-    result = report(run_dir)
-    trained = sum(row.ray_trial_id is not None and row.state != "RUNNING" for row in result.trials)
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    ended = sum("ray_trial_id" in t.user_attrs and t.state.is_finished() for t in study.get_trials(deepcopy=False))
     checkpoints = {r.metrics["trial_id"]: r.checkpoint for r in results if r.checkpoint and r.metrics}
+    result = make_report(run_dir)
     for callback in callbacks:
-        line = callback.finish(result, [run_dir / name for name in REPORT_FILES], checkpoints, trained < spec.num_samples)
+        line = callback.finish(result, [run_dir / name for name in report_files], checkpoints, ended < spec.num_samples)
         if line:
             out(line)
-    if trained < spec.num_samples:
-        out(f"stopped after {trained} of {spec.num_samples} trials; continue with: rst-tune search --resume {run_dir}")
+    if ended < spec.num_samples:
+        out(f"stopped after {ended} of {spec.num_samples} trials; continue with: rst-tune {kind} --resume {run_dir}")
     else:
-        out(f"search finished in {time.perf_counter() - start:.0f} s")
+        out(f"{kind} finished in {time.perf_counter() - start:.0f} s")
     return result
+
+
+def run_search(values: dict[str, Any], spec: SearchSpec, run_dir: str | Path, *, address: str | None = None,
+               resume: bool = False, callbacks: Sequence[SearchCallback] = (),
+               out: Callable[[str], None] = print) -> ParetoReport:
+    """Run (or with `resume`, continue) the search `spec` in `run_dir`; returns its Pareto report.
+    `values` are the spec's raw settings, saved so that the run can be resumed. `callbacks` (e.g.
+    `rst_tune.tracking.SearchTracker`) follow it; on resume Ray brings back the ones it started with."""
+    run_dir = Path(run_dir)
+    points_to_evaluate(spec)  # bad points are config errors: raise them before anything starts
+    header = (f"{spec.name} in {run_dir}: {spec.num_samples} trials of {spec.train_config().epochs} epochs, "
+              f"{spec.max_concurrent} at a time, objective {spec.objective}, sampler {spec.sampler.name}")
+    return run_trials(values, spec, run_dir, DefineByRun(spec), kind="search", spec_file=SPEC_FILE, header=header,
+                      make_report=report, report_files=REPORT_FILES, address=address, resume=resume,
+                      callbacks=callbacks, out=out)
 
 
 def report(run_dir: str | Path) -> ParetoReport:

@@ -11,7 +11,7 @@ results are not finite. The reason goes to the trial's `state_reason` user attri
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -39,9 +39,11 @@ def build_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
 
 class RSTSearch(OptunaSearch):
     """OptunaSearch over a SearchSpec. `epochs` is the length of a full trial; `enqueue` adds the
-    spec's points to evaluate first (not when continuing a study that has them already)."""
+    spec's points to evaluate first (not when continuing a study that has them already). `space`,
+    the define-by-run function, defaults to the spec's space."""
 
-    def __init__(self, spec: SearchSpec, storage: optuna.storages.BaseStorage, epochs: int, enqueue: bool = True):
+    def __init__(self, spec: SearchSpec, storage: optuna.storages.BaseStorage, epochs: int, enqueue: bool = True,
+                 space: Callable[[Any], dict[str, Any]] | None = None):
         self.objective = OBJECTIVES[spec.objective]
         self.budget, self.epochs = spec.budget, epochs
         self._failures: dict[str, str] = {}
@@ -49,7 +51,7 @@ class RSTSearch(OptunaSearch):
         metric, mode = list(self.objective.metrics), list(self.objective.modes)
         if self.objective.scalar:
             metric, mode = metric[0], mode[0]
-        super().__init__(space=DefineByRun(spec), metric=metric, mode=mode,
+        super().__init__(space=space or DefineByRun(spec), metric=metric, mode=mode,
                          points_to_evaluate=(points_to_evaluate(spec) if enqueue else None) or None,
                          sampler=build_sampler(spec), study_name=spec.name, storage=storage)
 
@@ -72,8 +74,9 @@ class RSTSearch(OptunaSearch):
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
                 del self._ot_trials[trial_id]
                 continue
-            for key in ("label", "expected_cost", "baseline"):
-                ot_trial.set_user_attr(key, config[key])
+            for key in ("label", "expected_cost", "baseline", "configuration"):
+                if key in config:
+                    ot_trial.set_user_attr(key, config[key])
             ot_trial.set_user_attr("seed", config["train"]["seed"])
             ot_trial.set_user_attr("ray_trial_id", trial_id)
             return config

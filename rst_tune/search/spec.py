@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -93,24 +93,35 @@ class EarlyStopping(_Strict):
     min_dominating: int = Field(1, ge=1, description="pareto_fair: stop when this many cheaper-or-equal trials beat it")
 
 
-class SearchSpec(_Strict):
-    """A whole search: fixed training settings, searched dimensions, objective, sampler and budget."""
+class RunSettings(_Strict):
+    """What a search and a study share: a name, the fixed training settings, and how trials run on Ray."""
 
     name: str = Field("search", pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     train: dict[str, Any] = Field(default_factory=dict)
-    space: dict[str, Any] = Field(default_factory=dict)
-    objective: Literal[OBJECTIVES] = "pareto"  # type: ignore[valid-type]
-    budget: float | None = Field(None, ge=1.0, le=2.0, description="accuracy_under_budget: the largest cost ratio allowed")
-    sampler: Sampler = Field(default_factory=Sampler)
     seed: int = 0
-    num_samples: int = Field(12, ge=1)
     max_concurrent: int = Field(2, ge=1)
     reuse_actors: bool = Field(True, description="run trials one after another in the same worker process")
     max_failures: int = Field(1, ge=0, description="restarts of a trial whose worker died, from its last checkpoint")
     storage: str | None = Field(None, description="where Ray keeps trials and checkpoints: a path, s3://, gs://; "
                                                   "default the run folder")
     resources: Resources = Field(default_factory=Resources)
+
+    def train_config(self) -> TrainConfig:
+        return load_config(self.train)
+
+
+SettingsModel = TypeVar("SettingsModel", bound=RunSettings)
+
+
+class SearchSpec(RunSettings):
+    """A whole search: fixed training settings, searched dimensions, objective, sampler and budget."""
+
+    space: dict[str, Any] = Field(default_factory=dict)
+    objective: Literal[OBJECTIVES] = "pareto"  # type: ignore[valid-type]
+    budget: float | None = Field(None, ge=1.0, le=2.0, description="accuracy_under_budget: the largest cost ratio allowed")
+    sampler: Sampler = Field(default_factory=Sampler)
+    num_samples: int = Field(12, ge=1)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     baselines: bool = Field(True, description="evaluate SGD (p = 0) and SAM (p = 1) first")
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
@@ -153,9 +164,6 @@ class SearchSpec(_Strict):
             raise ValueError("baselines: SGD and SAM baselines need the constant schedule family in space.schedule "
                              "(or set baselines: false)")
         return self
-
-    def train_config(self) -> TrainConfig:
-        return load_config(self.train)
 
     def cheapest_schedule(self) -> tuple[float, Schedule]:
         """The lowest expected cost 1 + p̄ the space can reach, and its schedule. Every p̄ is
@@ -253,10 +261,12 @@ def _locate(message: str, lines: dict[tuple[str, ...], int]) -> int | None:
     return None
 
 
-def parse_spec(values: Any, source: str = "search space", lines: dict[tuple[str, ...], int] | None = None) -> SearchSpec:
-    """Validate a mapping into a SearchSpec, or raise ConfigError naming the key (and line)."""
+def parse_settings(model: type[SettingsModel], values: Any, source: str,
+                   lines: dict[tuple[str, ...], int] | None = None) -> SettingsModel:
+    """Validate a mapping with a `train` section into `model`, or raise ConfigError naming each bad
+    key (and its line, given `lines`)."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{source}: expected a mapping of search settings")
+        raise ConfigError(f"{source}: expected a mapping of settings")
     try:
         if not isinstance(values.get("train", {}), dict):
             raise ConfigError("config: expected a mapping of training settings")
@@ -265,7 +275,7 @@ def parse_spec(values: Any, source: str = "search space", lines: dict[tuple[str,
         problems = [f"train.{line}" for line in str(err).split("; ")]
     else:
         try:
-            return SearchSpec.model_validate(values)
+            return model.model_validate(values)
         except ValidationError as err:
             problems = format_validation_error(err).split("; ")
     located = []
@@ -276,9 +286,10 @@ def parse_spec(values: Any, source: str = "search space", lines: dict[tuple[str,
     raise ConfigError("; ".join(located))
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], SearchSpec]:
-    """Read and validate a search-space YAML file; `overrides` (e.g. from CLI flags) win. Returns the
-    merged settings (to save with the run) and the validated spec."""
+def load_settings(model: type[SettingsModel], path: str | Path,
+                  overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], SettingsModel]:
+    """Read and validate a YAML file into `model`; `overrides` (e.g. from CLI flags) win, `train`
+    merged key by key. Returns the merged settings (to save with the run) and the validated model."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -291,5 +302,15 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> tupl
     if isinstance(values, dict) and overrides:
         values = {**values, **{k: v for k, v in overrides.items() if k != "train"},
                   "train": {**(values.get("train") or {}), **overrides.get("train", {})}}
-    return values, parse_spec(values, str(path), lines)
+    return values, parse_settings(model, values, str(path), lines)
 
+
+def parse_spec(values: Any, source: str = "search space", lines: dict[tuple[str, ...], int] | None = None) -> SearchSpec:
+    """Validate a mapping into a SearchSpec, or raise ConfigError naming the key (and line)."""
+    return parse_settings(SearchSpec, values, source, lines)
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], SearchSpec]:
+    """Read and validate a search-space YAML file; `overrides` (e.g. from CLI flags) win. Returns the
+    merged settings (to save with the run) and the validated spec."""
+    return load_settings(SearchSpec, path, overrides)

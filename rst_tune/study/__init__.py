@@ -1,0 +1,16 @@
+"""Studies: fixed configurations × seeds, run like a search, summarised with error bars and tests.
+
+    from rst_tune.study import load_study, run_study
+    values, spec = load_study("search_spaces/study_label_noise.yaml")
+    report = run_study(values, spec, "rst_runs/study_label_noise")
+    print(report.table())
+
+Public names: `load_study`, `parse_study`, `StudySpec`, `run_study`, `study_report`, `read_study`,
+`StudyReport`. Everything else is private.
+"""
+
+from rst_tune.study.report import StudyReport
+from rst_tune.study.runner import read_study, run_study, study_report
+from rst_tune.study.spec import StudySpec, load_study, parse_study
+
+__all__ = ["StudyReport", "StudySpec", "load_study", "parse_study", "read_study", "run_study", "study_report"]

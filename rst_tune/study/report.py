@@ -1,0 +1,170 @@
+"""The result of a study, read from its Optuna study: one row per configuration over its seeds,
+compared with SGD and SAM; written as Markdown, CSV, JSON and a plot with error bars."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from rst_tune.search.pareto import TrialRow
+from rst_tune.search.space import baseline_name
+from rst_tune.study.spec import StudySpec
+from rst_tune.study.stats import Comparison, Spread, spread, welch
+
+STUDY_FILES = ("study.md", "study.csv", "study.json", "study.png")
+REFERENCES = ("SGD", "SAM")
+
+
+@dataclass
+class ConfigurationRow:
+    configuration: str
+    baseline: str | None
+    seeds: int  # seeds that trained every epoch (COMPLETE)
+    val_accuracy: Spread
+    cost_ratio: Spread
+    propagations: float  # mean over seeds
+    expected_cost: float
+    against: dict[str, Comparison]  # "SGD" / "SAM" -> val_accuracy difference and Welch p-value
+
+
+@dataclass
+class StudyReport:
+    name: str
+    seeds: int
+    epochs: int
+    trials: list[TrialRow]
+    rows: list[ConfigurationRow]
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.trials:
+            counts[row.state] = counts.get(row.state, 0) + 1
+        return counts
+
+    def table(self) -> str:
+        """The Markdown table: accuracies in %, differences in percentage points."""
+        head = ["configuration", "seeds", "val_accuracy (mean ± sd)", "95 % CI", "cost ratio", "propagations",
+                *(f"vs {ref}: Δ pp (p)" for ref in REFERENCES)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+        for row in self.rows:
+            acc = row.val_accuracy
+            cells = [row.configuration + (f" **[{row.baseline}]**" if row.baseline else ""), f"{row.seeds}/{self.seeds}",
+                     f"{_pct(acc.mean)} ± {_pct(acc.sd)}", f"{_pct(acc.ci_low)} – {_pct(acc.ci_high)}",
+                     _num(row.cost_ratio.mean, ".3f"), _num(row.propagations, ".0f"),
+                     *(_versus(row, ref) for ref in REFERENCES)]
+            lines.append("| " + " | ".join(cells) + " |")
+        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.counts().items()))
+        lines.append("")
+        lines.append(f"{len(self.rows)} configurations × {self.seeds} seeds, {self.epochs} epochs each ({counts}). "
+                     "Δ: difference of mean val_accuracy in percentage points; p: Welch's two-sided t-test.")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "seeds": self.seeds, "epochs": self.epochs, "counts": self.counts(),
+                "configurations": [asdict(r) for r in self.rows], "trials": [asdict(r) for r in self.trials]}
+
+
+def _pct(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.2%}".replace("%", "")
+
+
+def _num(value: float, spec: str) -> str:
+    return "–" if math.isnan(value) else format(value, spec)
+
+
+def _versus(row: ConfigurationRow, reference: str) -> str:
+    comparison = row.against.get(reference)
+    if comparison is None or row.baseline == reference:
+        return "–"
+    p = "p n/a" if math.isnan(comparison.p_value) else f"p={comparison.p_value:.2g}"
+    return f"{100 * comparison.difference:+.2f} ({p})"
+
+
+def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
+    trials = [TrialRow.from_optuna(t) for t in study.get_trials(deepcopy=False)]
+    done = [t for t in trials if t.state == "COMPLETE"]
+    labels = [spec.label(i) for i in range(len(spec.configurations))]
+    accuracies = {label: [t.val_accuracy for t in done if t.configuration == label] for label in labels}
+    references = {}
+    for index, label in enumerate(labels):
+        baseline = _baseline(spec, index)
+        if baseline in REFERENCES and baseline not in references:
+            references[baseline] = label
+    rows = []
+    for index, label in enumerate(labels):
+        mine = [t for t in done if t.configuration == label]
+        rows.append(ConfigurationRow(
+            configuration=label, baseline=_baseline(spec, index), seeds=len(mine),
+            val_accuracy=spread(accuracies[label]), cost_ratio=spread([t.cost_ratio for t in mine]),
+            propagations=spread([t.propagations for t in mine]).mean,
+            expected_cost=1 + spec.train_config_of(index).schedule.build().mean(),
+            against={ref: welch(accuracies[label], accuracies[other]) for ref, other in references.items()}))
+    return StudyReport(spec.name, spec.seeds, spec.train_config().epochs, trials, rows)
+
+
+def _baseline(spec: StudySpec, index: int) -> str | None:
+    return baseline_name(spec.train_config_of(index))
+
+
+def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
+    """study.md (the table), study.csv (one row per configuration), study.json (every figure and
+    trial) and study.png (accuracy against cost with 95 % intervals)."""
+    folder = Path(folder)
+    (folder / "study.md").write_text(f"# {report.name}\n\n{report.table()}\n")
+    with open(folder / "study.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["configuration", "baseline", "seeds", "val_accuracy_mean", "val_accuracy_sd", "ci95_low",
+                         "ci95_high", "cost_ratio_mean", "propagations_mean", "expected_cost",
+                         *(f"{key}_vs_{ref}" for ref in REFERENCES for key in ("difference", "p_value"))])
+        for row in report.rows:
+            acc, none = row.val_accuracy, Comparison(math.nan, math.nan)
+            writer.writerow([row.configuration, row.baseline or "", row.seeds, acc.mean, acc.sd, acc.ci_low, acc.ci_high,
+                             row.cost_ratio.mean, row.propagations, row.expected_cost,
+                             *(v for ref in REFERENCES for v in asdict(row.against.get(ref, none)).values())])
+    (folder / "study.json").write_text(json.dumps(report.to_json(), indent=2))
+    plot_study(report, folder / "study.png")
+    return [folder / name for name in STUDY_FILES]
+
+
+def plot_study(report: StudyReport, path: Path) -> None:
+    """Left: mean val_accuracy against mean cost ratio. Right: every configuration side by side.
+    Error bars are 95 % intervals; SGD and SAM are marked, their means drawn across both panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    rows = [row for row in report.rows if row.seeds > 0]
+    styles = {"SGD": ("s", "black"), "SAM": ("D", "tab:red")}
+    fig, (by_cost, by_name) = plt.subplots(1, 2, figsize=(12, 5.5), dpi=120, sharey=True,
+                                           gridspec_kw={"width_ratios": [1, 1.6]})
+    for x, row in enumerate(rows):
+        acc = row.val_accuracy
+        marker, color = styles.get(row.baseline or "", ("o", "tab:blue"))
+        error = [[acc.mean - acc.ci_low], [acc.ci_high - acc.mean]] if row.seeds > 1 else None
+        label = f"{row.baseline} baseline" if row.baseline in styles else None
+        by_cost.errorbar(row.cost_ratio.mean, acc.mean, yerr=error, fmt=marker, color=color, capsize=3, label=label, zorder=3)
+        by_name.errorbar(x, acc.mean, yerr=error, fmt=marker, color=color, capsize=3, zorder=3)
+        if row.baseline in styles:
+            for ax in (by_cost, by_name):
+                ax.axhline(acc.mean, color=color, linestyle=":", linewidth=1, zorder=1)
+    by_cost.set_xlabel("cost ratio (propagations per step; SGD 1, SAM 2)")
+    by_cost.set_ylabel("validation accuracy: mean over seeds, 95 % CI")
+    by_cost.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    by_name.set_xticks(range(len(rows)), [f"{r.configuration}\n(cost {r.cost_ratio.mean:.2f})" for r in rows],
+                       rotation=40, ha="right", fontsize=7)
+    for ax in (by_cost, by_name):
+        ax.grid(alpha=0.3)
+    if by_cost.get_legend_handles_labels()[0]:
+        by_cost.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{report.name}: {len(report.rows)} configurations × {report.seeds} seeds, {report.epochs} epochs")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

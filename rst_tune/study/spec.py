@@ -1,0 +1,74 @@
+"""The study file: a fixed list of configurations, each trained with the same seeds; no sampler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from rst_tune.config import ConfigError, TrainConfig, load_config
+from rst_tune.search.space import baseline_name, describe
+from rst_tune.search.spec import RunSettings, SearchSpec, load_settings, parse_settings
+
+
+class StudySpec(RunSettings):
+    """Configurations × seeds. A configuration is a mapping of training settings that override
+    `train`, with an optional `label`. Seed k of every configuration trains with seed `seed + k`:
+    the same initial weights, data order, label noise and coins for each configuration."""
+
+    name: str = Field("study", pattern=r"^[A-Za-z0-9_.-]+$")
+    configurations: list[dict[str, Any]] = Field(min_length=1)
+    seeds: int = Field(5, ge=2, description="seeds per configuration (at least 2 for a standard deviation)")
+
+    @model_validator(mode="after")
+    def _check_configurations(self) -> StudySpec:
+        labels: dict[str, int] = {}
+        for index in range(len(self.configurations)):
+            self.train_config_of(index)
+            label = self.label(index)
+            if label in labels:
+                raise ValueError(f"configurations.{index}.label: {label!r} is already configuration {labels[label]}'s label")
+            labels[label] = index
+        return self
+
+    def train_config_of(self, index: int, seed_index: int = 0) -> TrainConfig:
+        """The training config of configuration `index` at its `seed_index`-th seed."""
+        overrides = {k: v for k, v in self.configurations[index].items() if k != "label"}
+        if "seed" in overrides:
+            raise ConfigError(f"configurations.{index}.seed: seeds are the study's (seeds, seed), not a configuration's")
+        try:
+            return load_config({**self.train, **overrides, "seed": self.seed + seed_index})
+        except ConfigError as err:
+            raise ConfigError("; ".join(f"configurations.{index}.{line}".replace(f"{index}.config:", f"{index}:")
+                                        for line in str(err).split("; "))) from None
+
+    def label(self, index: int) -> str:
+        """A configuration's `label`, else its baseline name (SGD, SAM) or its settings in words."""
+        given = self.configurations[index].get("label")
+        if given is not None:
+            if not isinstance(given, str) or not given.strip():
+                raise ConfigError(f"configurations.{index}.label: expected a non-empty string, got {given!r}")
+            return given
+        config = self.train_config_of(index)
+        return baseline_name(config) or describe(config)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.configurations) * self.seeds
+
+    def search_spec(self) -> SearchSpec:
+        """The same trials as a search with nothing to sample, for the runner."""
+        shared = self.model_dump(include=set(RunSettings.model_fields))
+        return SearchSpec(**shared, num_samples=self.num_samples, sampler={"name": "random"}, baselines=False)
+
+
+def parse_study(values: Any, source: str = "study", lines: dict[tuple[str, ...], int] | None = None) -> StudySpec:
+    """Validate a mapping into a StudySpec, or raise ConfigError naming the key (and line)."""
+    return parse_settings(StudySpec, values, source, lines)
+
+
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], StudySpec]:
+    """Read and validate a study YAML file; `overrides` (e.g. --seeds, --epochs) win. Returns the merged
+    settings (to save with the run) and the validated spec."""
+    return load_settings(StudySpec, path, overrides)

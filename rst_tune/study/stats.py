@@ -1,0 +1,50 @@
+"""Statistics over seeds: mean, sample standard deviation, Student-t 95 % interval, Welch's t-test."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Spread:
+    n: int
+    mean: float
+    sd: float  # sample standard deviation (n − 1); nan for one value
+    ci_low: float  # mean ∓ t(0.975, n − 1) · sd / √n
+    ci_high: float
+
+
+def spread(values: Sequence[float]) -> Spread:
+    n = len(values)
+    if n == 0:
+        return Spread(0, math.nan, math.nan, math.nan, math.nan)
+    mean = statistics.fmean(values)
+    if n == 1:
+        return Spread(1, mean, math.nan, math.nan, math.nan)
+    sd = statistics.stdev(values)
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    return Spread(n, mean, sd, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    difference: float  # mean(a) − mean(b)
+    p_value: float  # Welch's two-sided t-test; nan when it is undefined (fewer than 2 values, no variance)
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> Comparison:
+    if len(a) < 1 or len(b) < 1:
+        return Comparison(math.nan, math.nan)
+    difference = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return Comparison(difference, math.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # both samples constant: p is nan, said in the table
+        p_value = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return Comparison(difference, p_value)

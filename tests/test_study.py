@@ -1,0 +1,184 @@
+"""Studies: the file's errors, the statistics against closed-form float64 math, and a tiny study end to
+end through Ray, Optuna and a real MLflow server."""
+
+import csv
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from ray.tune import ExperimentAnalysis
+from scipy import stats as scipy_stats
+
+from rst_tune.cli import main
+from rst_tune.config import ConfigError
+from rst_tune.search import load_spec
+from rst_tune.study import load_study, parse_study
+from rst_tune.study.runner import StudyPlan
+from rst_tune.study.stats import spread, welch
+
+SPACES = Path(__file__).parent.parent / "search_spaces"
+SGD = {"label": "SGD", "schedule": {"name": "constant", "params": {"p": 0.0}}}
+SAM = {"label": "SAM", "schedule": {"name": "constant", "params": {"p": 1.0}}}
+
+
+def _error(path: Path, loader=load_study) -> str:
+    with pytest.raises(ConfigError) as err:
+        loader(path)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("name", ["study_label_noise", "study_cifar10_resnet18", "study_cifar100_wrn28_10"])
+def test_shipped_studies_are_valid(name):
+    _, spec = load_study(SPACES / f"{name}.yaml")
+    assert spec.name == name
+    labels = [spec.label(i) for i in range(len(spec.configurations))]
+    assert spec.seeds >= 5 and {"SGD", "SAM"} <= set(labels)
+    costs = {label: 1 + spec.train_config_of(i).schedule.build().mean() for i, label in enumerate(labels)}
+    assert costs["SGD"] == 1.0 and costs["SAM"] == 2.0
+    assert all(cost == pytest.approx(1.5) for label, cost in costs.items() if label not in ("SGD", "SAM"))
+
+
+def test_label_noise_study_has_the_configurations_the_issue_asks_for():
+    _, spec = load_study(SPACES / "study_label_noise.yaml")
+    configs = [spec.train_config_of(i) for i in range(len(spec.configurations))]
+    assert all(c.dataset == "digits" and c.label_noise == 0.4 for c in configs)
+    families = {c.schedule.name for c in configs}
+    assert {"constant", "step_up", "step_down", "two_level", "linear_mean", "linear_mirror"} <= families
+    assert len({c.grst_weight for c in configs if c.grst_weight is not None}) >= 2
+
+
+@pytest.mark.parametrize("train, message", [
+    ("{lr: -1}", "train.lr: Input should be greater than 0 (got -1)"),
+    ("{lr: 0.1, colour: red}", "train.colour: unknown key"),
+])
+def test_a_bad_train_section_reads_the_same_in_a_study_and_a_search(tmp_path, train, message):
+    study, search = tmp_path / "study.yaml", tmp_path / "search.yaml"
+    study.write_text(f"name: s\ntrain: {train}\nconfigurations:\n  - {{label: SGD}}\n")
+    search.write_text(f"name: s\ntrain: {train}\nbaselines: false\n")
+    assert _error(study) == f"{study}:2: {message}"
+    assert _error(search, load_spec) == f"{search}:2: {message}"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("configurations:\n  - {label: a}\n  - {label: b, grst_wieght: 0.5}\n", "4: configurations.1.grst_wieght: unknown key"),
+    ("configurations:\n  - {rho: -1}\n", "3: configurations.0.rho: Input should be greater than or equal to 0 (got -1)"),
+    ("configurations:\n  - {schedule: {name: cosin}}\n", "3: configurations.0.schedule: unknown schedule 'cosin'"),
+    ("configurations:\n  - {label: a}\n  - {label: a, rho: 0.1}\n", "4: configurations.1.label: 'a' is already configuration 0's label"),
+    ("configurations:\n  - {label: a, seed: 3}\n", "3: configurations.0.seed: seeds are the study's (seeds, seed), not a configuration's"),
+    ("configurations:\n  - 0.5\n", "3: configurations.0: Input should be a valid dictionary"),
+    ("configurations: []\n", "2: configurations: List should have at least 1 item"),
+    ("seeds: 1\nconfigurations:\n  - {label: a}\n", "2: seeds: Input should be greater than or equal to 2 (got 1)"),
+    ("configurations:\n  - {label: a}\nsampler: {name: tpe}\n", "4: sampler: unknown key"),
+])
+def test_a_bad_study_file_names_its_key_and_line(tmp_path, body, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\n" + body)
+    assert _error(path).startswith(f"{path}:{message}")
+
+
+def test_a_bad_study_file_exits_2_with_one_line_and_starts_nothing(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nconfigurations:\n  - {label: a, rho: -1}\n")
+    assert main(["study", str(path), "--results-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"rst-tune: error: {path}:3: configurations.0.rho: Input should be greater than or equal to 0 (got -1)\n"
+    assert not (tmp_path / "runs").exists()
+    assert main(["study", "no_such_study"]) == 2
+    assert "FILE no_such_study: no such file (shipped: " in capsys.readouterr().err
+
+
+def test_the_plan_runs_every_configuration_once_per_seed_first_seeds_first():
+    spec = parse_study({"seed": 10, "seeds": 3, "configurations": [SGD, SAM, {"rho": 0.1}]})
+
+    class Trial:
+        def __init__(self, number):
+            self.number = number
+
+    plan = [StudyPlan(spec)(Trial(n)) for n in range(spec.num_samples)]
+    assert [(p["configuration"], p["train"]["seed"]) for p in plan] == [
+        (label, seed) for seed in (10, 11, 12) for label in ("SGD", "SAM", "constant(p=0.5), rho 0.1")]
+    assert [p["baseline"] for p in plan[:3]] == ["SGD", "SAM", None]
+    assert [p["expected_cost"] for p in plan[:3]] == [1.0, 2.0, 1.5]
+    with pytest.raises(RuntimeError, match="beyond the study's 9 trials"):
+        StudyPlan(spec)(Trial(9))
+
+
+def test_spread_and_welch_match_closed_form_float64():
+    a, b = [0.91, 0.935, 0.902, 0.948, 0.925], [0.88, 0.9, 0.871, 0.893]
+    mean = math.fsum(a) / len(a)
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in a) / (len(a) - 1))
+    result = spread(a)
+    assert (result.n, result.mean, result.sd) == (5, pytest.approx(mean, abs=1e-15), pytest.approx(sd, rel=1e-13))
+    assert result.ci_high - mean == pytest.approx(2.7764451051977987 * sd / math.sqrt(5), rel=1e-12)  # t(0.975, 4)
+    va, vb = sd**2 / len(a), statistics.variance(b) / len(b)
+    t = (mean - statistics.fmean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    comparison = welch(a, b)
+    assert comparison.difference == pytest.approx(mean - statistics.fmean(b), abs=1e-15)
+    assert comparison.p_value == pytest.approx(2 * scipy_stats.t.sf(abs(t), df), rel=1e-10)
+    assert math.isnan(spread([0.5]).sd) and math.isnan(welch([0.5], b).p_value)
+
+
+def _ray_results(run_dir: Path) -> dict[str, list[dict]]:
+    """Every trial's last result as Ray stored it, by configuration."""
+    analysis = ExperimentAnalysis(str((run_dir / "trials").resolve()))
+    by_configuration: dict[str, list[dict]] = {}
+    for trial in analysis.trials:
+        by_configuration.setdefault(trial.config["configuration"], []).append(trial.last_result)
+    return by_configuration
+
+
+def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(local_ray, tmp_path, mlflow_server, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "train": {"epochs": 1, "batch_size": 64, "device": "cpu"},
+                                    "configurations": [SGD, SAM], "seeds": 3}))
+    code = main(["study", str(path), "--seeds", "2", "--results-dir", str(tmp_path / "runs"),
+                 "--tracking-uri", mlflow_server.url])
+    printed = capsys.readouterr().out
+    assert code == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    results = _ray_results(run_dir)
+    assert {k: len(v) for k, v in results.items()} == {"SGD": 2, "SAM": 2}
+    assert {r["config"]["train"]["seed"] for r in results["SAM"]} == {0, 1}
+    accuracy = {k: [r["val_accuracy"] for r in v] for k, v in results.items()}
+    with open(run_dir / "study.csv") as f:
+        rows = {row["configuration"]: row for row in csv.DictReader(f)}
+    for name, values in accuracy.items():
+        row = rows[name]
+        assert float(row["seeds"]) == 2
+        assert float(row["val_accuracy_mean"]) == pytest.approx(statistics.fmean(values), abs=1e-12)
+        assert float(row["val_accuracy_sd"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
+        costs = [r["cost_ratio"] for r in results[name]]
+        assert float(row["cost_ratio_mean"]) == pytest.approx(statistics.fmean(costs), abs=1e-12)
+    sam, sgd = accuracy["SAM"], accuracy["SGD"]
+    expected = scipy_stats.ttest_ind(sam, sgd, equal_var=False)
+    assert float(rows["SAM"]["difference_vs_SGD"]) == pytest.approx(statistics.fmean(sam) - statistics.fmean(sgd), abs=1e-12)
+    if math.isnan(expected.pvalue):
+        assert rows["SAM"]["p_value_vs_SGD"] == "nan"
+    else:
+        assert float(rows["SAM"]["p_value_vs_SGD"]) == pytest.approx(expected.pvalue, rel=1e-9)
+    assert float(rows["SGD"]["cost_ratio_mean"]) == 1.0 and float(rows["SAM"]["cost_ratio_mean"]) == 2.0
+    table = (run_dir / "study.md").read_text()
+    assert table.split("\n", 2)[2] in printed  # the printed table is the Markdown one
+    assert f"{statistics.fmean(sam):.2%}".replace("%", "") in table and (run_dir / "study.png").stat().st_size > 10_000
+
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.data.tags["rst.kind"] == "study" and parent.info.status == "FINISHED"
+    assert {"study.yaml", "resolved_study.json", "study.md", "study.csv", "study.json", "study.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
+    logged = {(c.data.tags["rst.configuration"], c.data.params["seed"]): c for c in children}
+    assert set(logged) == {(name, seed) for name in ("SGD", "SAM") for seed in ("0", "1")}
+    for name, results_of in results.items():
+        for result in results_of:
+            child = logged[(name, str(result["config"]["train"]["seed"]))]
+            assert child.info.status == "FINISHED"
+            assert child.data.metrics["val_accuracy"] == pytest.approx(result["val_accuracy"])
