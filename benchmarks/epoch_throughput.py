@@ -12,7 +12,10 @@ memory format, taking plain SGD steps (p ≡ 0), so what differs is the loop, no
 Each loop runs one warm-up epoch (compilation, cuDNN autotuning, worker start), then `--epochs` timed
 epochs; the median is reported. The FLOP floor is the time the epoch's FLOPs (one training step
 counted by `torch.utils.flop_counter.FlopCounterMode`, × steps) take at the device's measured dense
-matmul rate at the run's precision (square `--matmul-size` matmuls).
+matmul rate at the run's precision (square `--matmul-size` matmuls). That rate is a peak: the small
+convolutions of a CIFAR ResNet do not reach it, so "× floor" says how far from it the epoch is, not
+what is attainable; and with `--precision fp32` on CUDA, cuDNN may run convolutions in TF32 while the
+reference matmul is strict fp32, so the floor is then not a floor.
 
     python benchmarks/epoch_throughput.py --compile --json out.json           # CUDA: batch 512, bf16, channels_last
     python benchmarks/epoch_throughput.py --device cpu --images 2048 --batch-size 128 --precision fp32

@@ -140,6 +140,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     from rst_tune.tracking import tracker_for
 
     if args.resume:
+        given = [flag for flag, value in (("FILE", args.file), ("--seeds", args.seeds), ("--epochs", args.epochs),
+                                          ("--name", args.name), ("--max-concurrent", args.max_concurrent),
+                                          ("--storage", args.storage), ("--check", args.check)) if value]
+        if given:
+            raise ConfigError(f"--resume continues a study as it was started; drop {', '.join(given)}")
         run_dir = Path(args.resume)
         values, spec = read_study(run_dir)
     else:

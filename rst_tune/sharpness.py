@@ -6,7 +6,8 @@ takes a plain step of the base optimizer (one forward-backward); on 1 a sharpnes
     g  = (1 − α)·g1 + α·g2,  with α = 1 (RST, SAM) or α = min(λ_G / p, alpha_max) (G-RST),
 then restores θ from a copy and lets the base optimizer step with g. With α = λ_G / p the expected
 update equals gradient-norm regularisation with weight λ_G at every step, whatever the schedule.
-No value is read back from the device inside a step.
+No value is read back from the device inside a step, except by an fp16 `grad_scaler`, whose step
+reads its overflow check.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class SearchTracker(SearchCallback):
         return {"args": self._args, "kind": self.kind}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(*state["args"], kind=state["kind"])
+        self.__init__(*state["args"], kind=state.get("kind", "search"))  # runs saved before studies have no kind
 
     def setup(self, **info) -> None:
         if self.client is None:

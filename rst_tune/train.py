@@ -1,6 +1,7 @@
 """One training run end to end: RST/G-RST epochs, evaluation, per-epoch metrics, checkpoint/restore.
 
-This is what a search trial wraps. Inside an epoch nothing is read back from the device: losses
+This is what a search trial wraps. Inside an epoch nothing is read back from the device (but the
+fp16 GradScaler's overflow check, once per step): losses
 and correct counts accumulate on it and are read once, when the epoch's metrics are made.
 """
 
@@ -49,6 +50,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, data: ImageData | None = None):
         self.config = config
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # batches have one shape: let cuDNN time and keep its fastest kernels
         torch.manual_seed(config.seed)
         if data is None:
             data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.eval_frame import OptimizedModule
 from torch._dynamo.utils import counters
 
 from rst_tune.config import load_config
@@ -12,6 +13,7 @@ from rst_tune.train import Trainer
 STEP_KINDS = {
     "sgd": {"schedule": {"name": "constant", "params": {"p": 0.0}}},
     "sam": {"schedule": {"name": "constant", "params": {"p": 1.0}}},
+    "asam": {"schedule": {"name": "constant", "params": {"p": 1.0}}, "adaptive": True, "rho": 0.5},
     "grst": {"schedule": {"name": "constant", "params": {"p": 0.5}}, "grst_weight": 0.3},
 }
 
@@ -42,7 +44,7 @@ def test_training_steps_never_synchronise_the_host(kind, precision):
         torch.cuda.set_sync_debug_mode("default")
     sam_steps = trainer.optimizer.sam_steps - sam_before
     assert trainer.optimizer.steps - steps_before == 12
-    assert sam_steps == {"sgd": 0, "sam": 12}.get(kind, sam_steps)
+    assert sam_steps == {"sgd": 0, "sam": 12, "asam": 12}.get(kind, sam_steps)
     if kind == "grst":
         assert 0 < sam_steps < 12  # both branches ran under the check
     assert torch.isfinite(loss_sum).item() and 0 <= correct.item() <= 12 * config.batch_size
@@ -53,8 +55,10 @@ def test_compiled_model_does_not_recompile_across_sgd_and_sharpness_aware_steps(
     eager = Trainer(load_config(settings))
     compiled = Trainer(load_config({**settings, "compile": True}))
     eager_history = [eager.train_epoch() for _ in range(2)]
+    graphs_before = counters["stats"]["unique_graphs"]
     compiled.train_epoch()  # warm-up: the clean pass, the perturbed pass (BatchNorm frozen) and evaluation
     graphs = counters["stats"]["unique_graphs"]
+    assert isinstance(compiled.forward, OptimizedModule) and graphs > graphs_before
     sam_before, steps_before = compiled.optimizer.sam_steps, compiled.optimizer.steps
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled.train_epoch()

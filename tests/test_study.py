@@ -67,7 +67,9 @@ def test_a_bad_train_section_reads_the_same_in_a_study_and_a_search(tmp_path, tr
     ("configurations:\n  - {rho: -1}\n", "3: configurations.0.rho: Input should be greater than or equal to 0 (got -1)"),
     ("configurations:\n  - {schedule: {name: cosin}}\n", "3: configurations.0.schedule: unknown schedule 'cosin'"),
     ("configurations:\n  - {label: a}\n  - {label: a, rho: 0.1}\n", "4: configurations.1.label: 'a' is already configuration 0's label"),
-    ("configurations:\n  - {label: a, seed: 3}\n", "3: configurations.0.seed: seeds are the study's (seeds, seed), not a configuration's"),
+    ("configurations:\n  - {label: a, seed: 3}\n", "3: configurations.0.seed: a study's seeds are `seed` + 0"),
+    ("configurations:\n  - {label: a, epochs: 3}\n", "3: configurations.0.epochs: every configuration trains train.epochs"),
+    ("train: {seed: 4}\nconfigurations:\n  - {label: a}\n", "2: train.seed: a study's seeds are `seed` + 0"),
     ("configurations:\n  - 0.5\n", "3: configurations.0: Input should be a valid dictionary"),
     ("configurations: []\n", "2: configurations: List should have at least 1 item"),
     ("seeds: 1\nconfigurations:\n  - {label: a}\n", "2: seeds: Input should be greater than or equal to 2 (got 1)"),
@@ -88,6 +90,8 @@ def test_a_bad_study_file_exits_2_with_one_line_and_starts_nothing(tmp_path, cap
     assert not (tmp_path / "runs").exists()
     assert main(["study", "no_such_study"]) == 2
     assert "FILE no_such_study: no such file (shipped: " in capsys.readouterr().err
+    assert main(["study", "--resume", str(tmp_path), "--seeds", "3"]) == 2
+    assert "--resume continues a study as it was started; drop --seeds" in capsys.readouterr().err
 
 
 def test_the_plan_runs_every_configuration_once_per_seed_first_seeds_first():
@@ -119,6 +123,9 @@ def test_spread_and_welch_match_closed_form_float64():
     comparison = welch(a, b)
     assert comparison.difference == pytest.approx(mean - statistics.fmean(b), abs=1e-15)
     assert comparison.p_value == pytest.approx(2 * scipy_stats.t.sf(abs(t), df), rel=1e-10)
+    half = scipy_stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert (comparison.ci_low, comparison.ci_high) == (pytest.approx(comparison.difference - half, rel=1e-10),
+                                                       pytest.approx(comparison.difference + half, rel=1e-10))
     assert math.isnan(spread([0.5]).sd) and math.isnan(welch([0.5], b).p_value)
 
 
@@ -133,9 +140,9 @@ def _ray_results(run_dir: Path) -> dict[str, list[dict]]:
 
 def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(local_ray, tmp_path, mlflow_server, capsys):
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"name": "tiny", "train": {"epochs": 1, "batch_size": 64, "device": "cpu"},
+    path.write_text(yaml.safe_dump({"name": "tiny", "train": {"epochs": 3, "batch_size": 64, "device": "cpu"},
                                     "configurations": [SGD, SAM], "seeds": 3}))
-    code = main(["study", str(path), "--seeds", "2", "--results-dir", str(tmp_path / "runs"),
+    code = main(["study", str(path), "--seeds", "2", "--epochs", "1", "--results-dir", str(tmp_path / "runs"),
                  "--tracking-uri", mlflow_server.url])
     printed = capsys.readouterr().out
     assert code == 0
@@ -143,6 +150,8 @@ def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(local_r
     results = _ray_results(run_dir)
     assert {k: len(v) for k, v in results.items()} == {"SGD": 2, "SAM": 2}
     assert {r["config"]["train"]["seed"] for r in results["SAM"]} == {0, 1}
+    assert {r["epoch"] for v in results.values() for r in v} == {1}  # --epochs 1 won over the file's 3
+    assert {r["propagations"] for r in results["SGD"]} == {1437 // 64}  # one epoch of digits' training set
     accuracy = {k: [r["val_accuracy"] for r in v] for k, v in results.items()}
     with open(run_dir / "study.csv") as f:
         rows = {row["configuration"]: row for row in csv.DictReader(f)}

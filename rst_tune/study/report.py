@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ class ConfigurationRow:
     cost_ratio: Spread
     propagations: float  # mean over seeds
     expected_cost: float
-    against: dict[str, Comparison]  # "SGD" / "SAM" -> val_accuracy difference and Welch p-value
+    against: dict[str, Comparison]  # "SGD" / "SAM" -> val_accuracy difference and Welch p-value (not itself)
 
 
 @dataclass
@@ -70,6 +70,17 @@ class StudyReport:
                 "configurations": [asdict(r) for r in self.rows], "trials": [asdict(r) for r in self.trials]}
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN (a missing figure) as null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _pct(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.2%}".replace("%", "")
 
@@ -80,7 +91,7 @@ def _num(value: float, spec: str) -> str:
 
 def _versus(row: ConfigurationRow, reference: str) -> str:
     comparison = row.against.get(reference)
-    if comparison is None or row.baseline == reference:
+    if comparison is None or math.isnan(comparison.difference):
         return "–"
     p = "p n/a" if math.isnan(comparison.p_value) else f"p={comparison.p_value:.2g}"
     return f"{100 * comparison.difference:+.2f} ({p})"
@@ -104,7 +115,8 @@ def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
             val_accuracy=spread(accuracies[label]), cost_ratio=spread([t.cost_ratio for t in mine]),
             propagations=spread([t.propagations for t in mine]).mean,
             expected_cost=1 + spec.train_config_of(index).schedule.build().mean(),
-            against={ref: welch(accuracies[label], accuracies[other]) for ref, other in references.items()}))
+            against={ref: welch(accuracies[label], accuracies[other]) for ref, other in references.items()
+                     if other != label}))
     return StudyReport(spec.name, spec.seeds, spec.train_config().epochs, trials, rows)
 
 
@@ -119,15 +131,17 @@ def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
     (folder / "study.md").write_text(f"# {report.name}\n\n{report.table()}\n")
     with open(folder / "study.csv", "w", newline="") as f:
         writer = csv.writer(f)
+        keys = [field.name for field in fields(Comparison)]
         writer.writerow(["configuration", "baseline", "seeds", "val_accuracy_mean", "val_accuracy_sd", "ci95_low",
                          "ci95_high", "cost_ratio_mean", "propagations_mean", "expected_cost",
-                         *(f"{key}_vs_{ref}" for ref in REFERENCES for key in ("difference", "p_value"))])
+                         *(f"{key}_vs_{ref}" for ref in REFERENCES for key in keys)])
         for row in report.rows:
-            acc, none = row.val_accuracy, Comparison(math.nan, math.nan)
+            acc = row.val_accuracy
+            comparisons = [row.against.get(ref) for ref in REFERENCES]
             writer.writerow([row.configuration, row.baseline or "", row.seeds, acc.mean, acc.sd, acc.ci_low, acc.ci_high,
                              row.cost_ratio.mean, row.propagations, row.expected_cost,
-                             *(v for ref in REFERENCES for v in asdict(row.against.get(ref, none)).values())])
-    (folder / "study.json").write_text(json.dumps(report.to_json(), indent=2))
+                             *(getattr(c, key) if c else "" for c in comparisons for key in keys)])
+    (folder / "study.json").write_text(json.dumps(_json_safe(report.to_json()), indent=2))
     plot_study(report, folder / "study.png")
     return [folder / name for name in STUDY_FILES]
 

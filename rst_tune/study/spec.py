@@ -12,6 +12,12 @@ from rst_tune.search.space import baseline_name, describe
 from rst_tune.search.spec import RunSettings, SearchSpec, load_settings, parse_settings
 
 
+STUDY_WIDE = {  # training settings a configuration may not set, and why
+    "seed": "a study's seeds are `seed` + 0 … `seeds` − 1, the same for every configuration",
+    "epochs": "every configuration trains train.epochs (or --epochs); compare at equal compute with a schedule instead",
+}
+
+
 class StudySpec(RunSettings):
     """Configurations × seeds. A configuration is a mapping of training settings that override
     `train`, with an optional `label`. Seed k of every configuration trains with seed `seed + k`:
@@ -23,6 +29,8 @@ class StudySpec(RunSettings):
 
     @model_validator(mode="after")
     def _check_configurations(self) -> StudySpec:
+        if "seed" in self.train:
+            raise ValueError(f"train.seed: {STUDY_WIDE['seed']}")
         labels: dict[str, int] = {}
         for index in range(len(self.configurations)):
             self.train_config_of(index)
@@ -35,8 +43,9 @@ class StudySpec(RunSettings):
     def train_config_of(self, index: int, seed_index: int = 0) -> TrainConfig:
         """The training config of configuration `index` at its `seed_index`-th seed."""
         overrides = {k: v for k, v in self.configurations[index].items() if k != "label"}
-        if "seed" in overrides:
-            raise ConfigError(f"configurations.{index}.seed: seeds are the study's (seeds, seed), not a configuration's")
+        for key, why in STUDY_WIDE.items():
+            if key in overrides:
+                raise ConfigError(f"configurations.{index}.{key}: {why}")
         try:
             return load_config({**self.train, **overrides, "seed": self.seed + seed_index})
         except ConfigError as err:

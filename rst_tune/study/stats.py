@@ -35,7 +35,9 @@ def spread(values: Sequence[float]) -> Spread:
 @dataclass(frozen=True)
 class Comparison:
     difference: float  # mean(a) − mean(b)
-    p_value: float  # Welch's two-sided t-test; nan when it is undefined (fewer than 2 values, no variance)
+    p_value: float  # Welch's two-sided t-test; nan when undefined (fewer than 2 values each, or no variance and no difference)
+    ci_low: float = math.nan  # 95 % interval of the difference (Welch)
+    ci_high: float = math.nan
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> Comparison:
@@ -45,6 +47,7 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Comparison:
     if len(a) < 2 or len(b) < 2:
         return Comparison(difference, math.nan)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # both samples constant: p is nan, said in the table
-        p_value = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    return Comparison(difference, p_value)
+        warnings.simplefilter("ignore", RuntimeWarning)  # both samples constant and equal: nan, shown as "p n/a"
+        result = stats.ttest_ind(a, b, equal_var=False)
+        interval = result.confidence_interval(0.95)
+    return Comparison(difference, float(result.pvalue), float(interval.low), float(interval.high))
