@@ -3,10 +3,12 @@
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import closing
 
 import pytest
 
@@ -26,6 +28,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def rst_tune_process(*args: str) -> subprocess.Popen:
+    """`rst-tune ARGS` in its own process group, output (both streams) on `stdout`."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", "rst_tune.cli", *args], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def optuna_states(db) -> list[str]:
+    """Trial states of a study that another process is writing; opening it through Optuna here could
+    race the driver's creation of the schema."""
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            return [state for (state,) in connection.execute("SELECT state FROM trials")]
+    except sqlite3.OperationalError:  # not created yet
+        return []
+
+
+def kill_mid_run(process: subprocess.Popen, db, complete: int = 2, timeout: float = 240) -> None:
+    """SIGKILL the run's whole process group once `complete` trials are COMPLETE and one is RUNNING."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(1)
+        assert process.poll() is None, process.stdout.read()
+        states = optuna_states(db)
+        if states.count("COMPLETE") >= complete and "RUNNING" in states:
+            break
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 class MlflowServer:

@@ -3,13 +3,6 @@ hand from Ray's results, honest PRUNED and FAIL states, the cost budget, and res
 
 import json
 import math
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
-from contextlib import closing
 
 import optuna
 import pytest
@@ -21,6 +14,8 @@ from ray.tune import ExperimentAnalysis
 from rst_tune.cli import main
 from rst_tune.search import parse_spec, run_search
 from rst_tune.search.space import trial_seed
+
+from conftest import kill_mid_run, rst_tune_process
 
 def _space(**extra):
     return {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}},
@@ -119,41 +114,17 @@ def test_budget_search_trains_nothing_over_budget(local_ray, tmp_path):
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3
 
 
-def _states_read_only(db):
-    """Trial states of a study that another process is writing; opening it through Optuna here could
-    race the driver's creation of the schema."""
-    try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
-            return [state for (state,) in connection.execute("SELECT state FROM trials")]
-    except sqlite3.OperationalError:  # not created yet
-        return []
-
-
-def _cli(*args, **kwargs):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen([sys.executable, "-m", "rst_tune.cli", "search", *args], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
-
-
 def test_resume_after_sigkill_keeps_exactly_num_samples_trials(tmp_path):
     space = {"name": "resume", "train": {"epochs": 4, "batch_size": 128, "device": "cpu"}, "space": _space(),
              "num_samples": 6, "max_concurrent": 2, "seed": 11}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     run_dir = tmp_path / "runs" / "resume"
-    first = _cli("--space", str(tmp_path / "space.yaml"), "--results-dir", str(tmp_path / "runs"))
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        time.sleep(1)
-        assert first.poll() is None, first.stdout.read()
-        states = _states_read_only(run_dir / "optuna.db")
-        if states.count("COMPLETE") >= 2 and "RUNNING" in states:
-            break
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    kill_mid_run(rst_tune_process("search", "--space", str(tmp_path / "space.yaml"), "--results-dir", str(tmp_path / "runs")),
+                 run_dir / "optuna.db")
     at_kill = [t.state for t in _study(run_dir, "resume").trials]
     assert 2 <= at_kill.count(TrialState.COMPLETE) < 6 and TrialState.RUNNING in at_kill  # killed mid-trial
 
-    second = _cli("--resume", str(run_dir))
+    second = rst_tune_process("search", "--resume", str(run_dir))
     output, _ = second.communicate(timeout=400)
     assert second.returncode == 0, output
     trials = _ray_finals(run_dir)

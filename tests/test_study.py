@@ -19,6 +19,8 @@ from rst_tune.study import load_study, parse_study
 from rst_tune.study.runner import StudyPlan
 from rst_tune.study.stats import spread, welch
 
+from conftest import kill_mid_run, optuna_states, rst_tune_process
+
 SPACES = Path(__file__).parent.parent / "search_spaces"
 SGD = {"label": "SGD", "schedule": {"name": "constant", "params": {"p": 0.0}}}
 SAM = {"label": "SAM", "schedule": {"name": "constant", "params": {"p": 1.0}}}
@@ -191,3 +193,32 @@ def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(local_r
             child = logged[(name, str(result["config"]["train"]["seed"]))]
             assert child.info.status == "FINISHED"
             assert child.data.metrics["val_accuracy"] == pytest.approx(result["val_accuracy"])
+
+
+def test_study_resumed_after_sigkill_trains_every_configuration_seed_pair_once(tmp_path):
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump({"name": "resume", "train": {"epochs": 4, "batch_size": 128, "device": "cpu"},
+                                    "configurations": [SGD, SAM], "seeds": 3, "seed": 5}))
+    run_dir = tmp_path / "runs" / "resume"
+    kill_mid_run(rst_tune_process("study", str(path), "--results-dir", str(tmp_path / "runs")), run_dir / "optuna.db")
+    assert 2 <= optuna_states(run_dir / "optuna.db").count("COMPLETE") < 6  # killed mid-study
+
+    second = rst_tune_process("study", "--resume", str(run_dir))
+    output, _ = second.communicate(timeout=400)
+    assert second.returncode == 0, output
+    results = _ray_results(run_dir)
+    pairs = sorted((name, r["config"]["train"]["seed"]) for name, rows in results.items() for r in rows)
+    assert pairs == sorted((name, seed) for name in ("SGD", "SAM") for seed in (5, 6, 7))
+    assert all(r["epoch"] == 4 for rows in results.values() for r in rows)
+    assert optuna_states(run_dir / "optuna.db") == ["COMPLETE"] * 6
+    with open(run_dir / "study.csv") as f:
+        rows = {row["configuration"]: row for row in csv.DictReader(f)}
+    assert rows["SGD"]["seeds"] == rows["SAM"]["seeds"] == "3"
+    assert float(rows["SAM"]["val_accuracy_mean"]) == pytest.approx(
+        statistics.fmean(r["val_accuracy"] for r in results["SAM"]), abs=1e-12)
+    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 7 and sorted((r.data.tags["rst.configuration"], r.data.params["seed"]) for r in children) == sorted(
+        (name, str(seed)) for name in ("SGD", "SAM") for seed in (5, 6, 7))
+    assert all(r.info.status == "FINISHED" for r in runs)
