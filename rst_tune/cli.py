@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"resumed from {args.checkpoint} at epoch {trainer.epoch}")
     schedule = config.schedule.build()
     print(f"{config.dataset} / {config.model} on {trainer.device}: {config.epochs} epochs × {trainer.steps_per_epoch} steps, "
-          f"schedule {schedule} (p̄ = {schedule.mean():.3f}, expected cost {1 + schedule.mean():.3f}), rho {config.rho}"
+          f"schedule {schedule} (p̄ = {schedule.mean():.3f}, expected cost {schedule.expected_cost():.3f}), rho {config.rho}"
           + (f", G-RST weight {config.grst_weight}" if config.grst_weight is not None else ""))
     tqdm.write(format_row(None))
     for metrics in trainer.fit(progress=not args.quiet):
@@ -161,7 +161,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                   f"{spec.num_samples} trials of {spec.train_config().epochs} epochs:")
             for index in range(len(spec.configurations)):
                 config = spec.train_config_of(index)
-                print(f"  {spec.label(index)}: expected cost {1 + config.schedule.build().mean():.3f}")
+                print(f"  {spec.label(index)}: expected cost {config.schedule.build().expected_cost():.3f}")
             return 0
         run_dir = new_run_dir(args.results_dir, spec.name, exact=args.name is not None)
     tracker = tracker_for(run_dir, spec.search_spec(), args.tracking_uri, args.experiment, kind="study",

@@ -86,6 +86,10 @@ class Schedule:
         """Exact p̄ = ∫₀¹ p(x) dx."""
         return _FAMILIES[self.name].mean(**self.params)
 
+    def expected_cost(self) -> float:
+        """Expected propagation pairs per step, 1 + p̄: SGD 1, SAM 2."""
+        return 1 + self.mean()
+
     def __str__(self) -> str:
         return f"{self.name}({', '.join(f'{k}={v:.3g}' for k, v in self.params.items())})"
 

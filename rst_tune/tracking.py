@@ -339,7 +339,7 @@ def plot_schedule(config: dict[str, Any], history: list[dict[str, float]], path:
     ax.stairs(fraction, [h["epoch"] - 1 for h in history[:1]] + [h["epoch"] for h in history], color="tab:red",
               label="realised SAM fraction per epoch")
     ax.set(xlabel="epoch", ylabel="probability of a SAM step", ylim=(-0.05, 1.05), xlim=(0, epochs))
-    ax.set_title(f"p̄ = {schedule.mean():.3f}, expected cost {1 + schedule.mean():.3f}", fontsize=9)
+    ax.set_title(f"p̄ = {schedule.mean():.3f}, expected cost {schedule.expected_cost():.3f}", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()

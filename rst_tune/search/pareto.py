@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,6 +45,11 @@ class TrialRow:
                    attrs.get("val_accuracy"), attrs.get("cost_ratio"), None if propagations is None else int(propagations),
                    attrs.get("expected_cost"), attrs.get("epoch"), attrs.get("seed"), attrs.get("ray_trial_id"),
                    attrs.get("state_reason"), trial.params, attrs.get("configuration"))
+
+
+def state_counts(rows: Sequence[TrialRow]) -> dict[str, int]:
+    """How many trials are in each Optuna state, e.g. {"COMPLETE": 14, "PRUNED": 2}."""
+    return dict(Counter(row.state for row in rows))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -81,10 +87,7 @@ class ParetoReport:
         return [r for r in self.trials if r.state == "PRUNED" and r.val_accuracy is not None]
 
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.trials:
-            counts[row.state] = counts.get(row.state, 0) + 1
-        return counts
+        return state_counts(self.trials)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "objective": self.objective, "budget": self.budget, "counts": self.counts(),

@@ -70,7 +70,7 @@ class DefineByRun:
             overrides[key] = _suggest(trial, key, dim)
         config = trial_config(self.spec, overrides, trial_seed(self.spec.seed, trial.number))
         searched = set(self.spec.dimensions) | ({"schedule"} if self.spec.schedule else set())
-        return {"train": config.model_dump(), "expected_cost": 1 + config.schedule.build().mean(),
+        return {"train": config.model_dump(), "expected_cost": config.schedule.build().expected_cost(),
                 "label": describe(config, searched), "baseline": baseline_name(config), "optuna_trial": trial.number}
 
 

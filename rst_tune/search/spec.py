@@ -170,14 +170,14 @@ class SearchSpec(RunSettings):
         multilinear in the shape parameters, so the minimum lies on a corner of their box."""
         if not self._schedule:
             schedule = self.train_config().schedule.build()
-            return 1 + schedule.mean(), schedule
+            return schedule.expected_cost(), schedule
         corners = []
         for name, family in self._schedule.items():
             ranges = [[v.low, v.high] if isinstance(v, Dimension) and v.choices is None else
                       (v.choices if isinstance(v, Dimension) else [v]) for v in family.params.values()]
             corners += [make_schedule(name, **dict(zip(family.params, values))) for values in itertools.product(*ranges)]
         schedule = min(corners, key=lambda s: s.mean())
-        return 1 + schedule.mean(), schedule
+        return schedule.expected_cost(), schedule
 
 
 def _dimension(raw: Any, where: str) -> Dimension:

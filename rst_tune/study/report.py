@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from rst_tune.search.pareto import TrialRow
+from rst_tune.search.pareto import TrialRow, state_counts
 from rst_tune.search.space import baseline_name
 from rst_tune.study.spec import StudySpec
 from rst_tune.study.stats import Comparison, Spread, spread, welch
@@ -42,10 +42,7 @@ class StudyReport:
     rows: list[ConfigurationRow]
 
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.trials:
-            counts[row.state] = counts.get(row.state, 0) + 1
-        return counts
+        return state_counts(self.trials)
 
     def table(self) -> str:
         """The Markdown table: accuracies in %, differences in percentage points."""
@@ -101,27 +98,23 @@ def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
     trials = [TrialRow.from_optuna(t) for t in study.get_trials(deepcopy=False)]
     done = [t for t in trials if t.state == "COMPLETE"]
     labels = [spec.label(i) for i in range(len(spec.configurations))]
+    configs = [spec.train_config_of(i) for i in range(len(labels))]
+    baselines = [baseline_name(config) for config in configs]
     accuracies = {label: [t.val_accuracy for t in done if t.configuration == label] for label in labels}
     references = {}
-    for index, label in enumerate(labels):
-        baseline = _baseline(spec, index)
+    for label, baseline in zip(labels, baselines):
         if baseline in REFERENCES and baseline not in references:
             references[baseline] = label
     rows = []
-    for index, label in enumerate(labels):
+    for label, baseline, config in zip(labels, baselines, configs):
         mine = [t for t in done if t.configuration == label]
         rows.append(ConfigurationRow(
-            configuration=label, baseline=_baseline(spec, index), seeds=len(mine),
+            configuration=label, baseline=baseline, seeds=len(mine),
             val_accuracy=spread(accuracies[label]), cost_ratio=spread([t.cost_ratio for t in mine]),
-            propagations=spread([t.propagations for t in mine]).mean,
-            expected_cost=1 + spec.train_config_of(index).schedule.build().mean(),
+            propagations=spread([t.propagations for t in mine]).mean, expected_cost=config.schedule.build().expected_cost(),
             against={ref: welch(accuracies[label], accuracies[other]) for ref, other in references.items()
                      if other != label}))
     return StudyReport(spec.name, spec.seeds, spec.train_config().epochs, trials, rows)
-
-
-def _baseline(spec: StudySpec, index: int) -> str | None:
-    return baseline_name(spec.train_config_of(index))
 
 
 def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:

@@ -36,7 +36,7 @@ class StudyPlan:
             raise RuntimeError(f"trial {trial.number} is beyond the study's {self.spec.num_samples} trials")
         config = self.spec.train_config_of(index, seed_index)
         label = self.spec.label(index)
-        return {"train": config.model_dump(), "expected_cost": 1 + config.schedule.build().mean(),
+        return {"train": config.model_dump(), "expected_cost": config.schedule.build().expected_cost(),
                 "label": f"{label} · seed {config.seed}", "configuration": label,
                 "baseline": baseline_name(config), "optuna_trial": trial.number}
 
