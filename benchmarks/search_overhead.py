@@ -35,15 +35,23 @@ def measure(values: dict, reuse: bool, folder: Path) -> dict:
     training = sum(t.last_result["wall_s"] for t in trials)
     in_trial = sum(t.last_result["time_total_s"] for t in trials)
     concurrency = spec.max_concurrent
-    return {"reuse_actors": reuse, "trials": len(trials), "concurrency": concurrency, "wall_s": wall,
-            "training_s": training, "trainable_s": in_trial,
-            "overhead_fraction": (wall - training / concurrency) / wall,
-            "start_cost_per_trial_s": (wall * concurrency - training) / len(trials)}
+    return {
+        "reuse_actors": reuse,
+        "trials": len(trials),
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "training_s": training,
+        "trainable_s": in_trial,
+        "overhead_fraction": (wall - training / concurrency) / wall,
+        "start_cost_per_trial_s": (wall * concurrency - training) / len(trials),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default=str(Path(__file__).parent.parent / "search_spaces" / "default.yaml"))
+    parser.add_argument(
+        "--space", default=str(Path(__file__).parent.parent / "search_spaces" / "default.yaml")
+    )
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     values, _ = load_spec(args.space)
@@ -57,10 +65,12 @@ def main() -> None:
         for reuse in (True, False):
             result = measure(values, reuse, Path(folder))
             results.append(result)
-            print(f"reuse_actors={reuse!s:<5}  {result['trials']} trials, {result['concurrency']} at a time: "
-                  f"wall {result['wall_s']:.1f} s, training {result['training_s']:.1f} s "
-                  f"(in trainables {result['trainable_s']:.1f} s), overhead {result['overhead_fraction']:.1%}, "
-                  f"start cost {result['start_cost_per_trial_s']:.2f} s per trial")
+            print(
+                f"reuse_actors={reuse!s:<5}  {result['trials']} trials, {result['concurrency']} at a time: "
+                f"wall {result['wall_s']:.1f} s, training {result['training_s']:.1f} s "
+                f"(in trainables {result['trainable_s']:.1f} s), overhead {result['overhead_fraction']:.1%}, "
+                f"start cost {result['start_cost_per_trial_s']:.2f} s per trial"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"ray_init_s": init_s, "results": results}, indent=2))
 

@@ -1,9 +1,9 @@
-"""Driver-side cost of MLflow logging: rst-tune's SearchTracker against Ray's MLflowLoggerCallback.
+"""Driver-side cost of MLflow logging: rst-tune's RunTracker against Ray's MLflowLoggerCallback.
 
 The same search runs once with each callback, in one Ray session, against the same kind of store
 (a real `mlflow server` on 127.0.0.1 over HTTP, then a SQLite file). Every hook Ray calls on the
 callback is timed on the driver; the cost per reported epoch is that total over the number of
-epoch results. SearchTracker's end-of-search work (statuses, front tags, report, Pareto weights) is
+epoch results. RunTracker's end-of-search work (statuses, front tags, report, Pareto weights) is
 timed apart, since Ray's callback does none of it.
 
     python benchmarks/tracking_cost.py --json benchmarks/tracking_cost_cpu.json
@@ -29,8 +29,15 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from rst_tune.search import load_spec, parse_spec, run_search
 from rst_tune.tracking import tracker_for
 
-HOOKS = ("setup", "on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error", "on_checkpoint",
-         "on_experiment_end")
+HOOKS = (
+    "setup",
+    "on_trial_start",
+    "on_trial_result",
+    "on_trial_complete",
+    "on_trial_error",
+    "on_checkpoint",
+    "on_experiment_end",
+)
 
 
 class RayMLflow(MLflowLoggerCallback):
@@ -56,16 +63,34 @@ def timed(callback) -> dict[str, list[float]]:
                 return _method(*args, **kwargs)
             finally:
                 seconds[_name].append(time.perf_counter() - start)
+
         setattr(callback, name, wrapper)
     return seconds
 
 
 def start_server(folder: Path, port: int) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/server.db",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder}/server.db",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(240):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
@@ -79,23 +104,34 @@ def measure(values: dict, which: str, store: str, folder: Path) -> dict:
     values = {**values, "name": f"{which}_{store.split(':')[0]}"}
     spec, run_dir = parse_spec(values), folder / values["name"]
     uri = store if store.startswith("http") else f"sqlite:///{folder / values['name']}.db"
-    callback = (tracker_for(run_dir, spec, uri, out=lambda line: None) if which == "rst-tune"
-                else RayMLflow(tracking_uri=uri, experiment_name=values["name"]))
+    callback = (
+        tracker_for(run_dir, spec, uri, out=lambda line: None)
+        if which == "rst-tune"
+        else RayMLflow(tracking_uri=uri, experiment_name=values["name"])
+    )
     seconds = timed(callback)
     start = time.perf_counter()
     run_search(values, spec, run_dir, callbacks=[callback], out=lambda line: None)
     wall = time.perf_counter() - start
     results = len(seconds["on_trial_result"])
     during = sum(sum(seconds[h]) for h in HOOKS)
-    return {"callback": which, "store": "http" if store.startswith("http") else "sqlite", "epoch_results": results,
-            "search_wall_s": wall, "hooks_s": during, "per_epoch_ms": 1e3 * during / results,
-            "on_trial_result_ms": 1e3 * sum(seconds["on_trial_result"]) / results,
-            "end_of_search_s": sum(seconds["finish"])}
+    return {
+        "callback": which,
+        "store": "http" if store.startswith("http") else "sqlite",
+        "epoch_results": results,
+        "search_wall_s": wall,
+        "hooks_s": during,
+        "per_epoch_ms": 1e3 * during / results,
+        "on_trial_result_ms": 1e3 * sum(seconds["on_trial_result"]) / results,
+        "end_of_search_s": sum(seconds["finish"]),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default=str(Path(__file__).parent.parent / "search_spaces" / "default.yaml"))
+    parser.add_argument(
+        "--space", default=str(Path(__file__).parent.parent / "search_spaces" / "default.yaml")
+    )
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
@@ -111,13 +147,19 @@ def main() -> None:
                 for which in ("rst-tune", "ray"):
                     row = measure(values, which, store, folder)
                     rows.append(row)
-                    print(f"{row['callback']:<9} {row['store']:<7} {row['epoch_results']} epoch results: "
-                          f"{row['per_epoch_ms']:.1f} ms per epoch in hooks (on_trial_result {row['on_trial_result_ms']:.1f} ms), "
-                          f"end of search {row['end_of_search_s']:.2f} s, search {row['search_wall_s']:.1f} s", flush=True)
+                    print(
+                        f"{row['callback']:<9} {row['store']:<7} {row['epoch_results']} epoch results: "
+                        f"{row['per_epoch_ms']:.1f} ms per epoch in hooks "
+                        f"(on_trial_result {row['on_trial_result_ms']:.1f} ms), "
+                        f"end of search {row['end_of_search_s']:.2f} s, search {row['search_wall_s']:.1f} s",
+                        flush=True,
+                    )
         finally:
             os.killpg(server.pid, signal.SIGTERM)
     for store in ("http", "sqlite"):
-        ours, rays = (next(r for r in rows if r["callback"] == c and r["store"] == store) for c in ("rst-tune", "ray"))
+        ours, rays = (
+            next(r for r in rows if r["callback"] == c and r["store"] == store) for c in ("rst-tune", "ray")
+        )
         print(f"{store}: rst-tune / Ray per epoch = {ours['per_epoch_ms'] / rays['per_epoch_ms']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

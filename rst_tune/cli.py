@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {part} is not a section")
+                raise ConfigError(f"{part} is not a section", key=tuple(key.split(".")))
         node[leaf] = yaml.safe_load(raw)
     return values
 
@@ -32,7 +33,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
     return merged
 
 
@@ -40,11 +45,11 @@ def read_yaml(path: str) -> dict[str, Any]:
     try:
         values = yaml.safe_load(Path(path).read_text())
     except OSError as err:
-        raise ConfigError(f"{path}: {err.strerror}") from None
+        raise ConfigError(err.strerror, source=path) from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"not valid YAML ({str(err).splitlines()[0]})", source=path) from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys")
+        raise ConfigError("expected a mapping of config keys", source=path)
     return values
 
 
@@ -53,14 +58,28 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
     return load_config(merge(values, parse_overrides(args.overrides)))
 
 
-_COLUMNS = [("epoch", "{:>5}", "{:>5d}"), ("train_loss", "{:>10}", "{:>10.4f}"), ("train_accuracy", "{:>9}", "{:>9.2%}"),
-            ("val_loss", "{:>8}", "{:>8.4f}"), ("val_accuracy", "{:>7}", "{:>7.2%}"), ("cost_ratio", "{:>5}", "{:>5.3f}"),
-            ("sam_fraction", "{:>6}", "{:>6.3f}"), ("propagations", "{:>8}", "{:>8d}"), ("wall_s", "{:>7}", "{:>7.1f}")]
-_HEADERS = {"train_loss": "train_loss", "train_accuracy": "train_acc", "val_accuracy": "val_acc",
-            "cost_ratio": "cost", "sam_fraction": "sam_fr", "propagations": "props"}
+_COLUMNS = [
+    ("epoch", "{:>5}", "{:>5d}"),
+    ("train_loss", "{:>10}", "{:>10.4f}"),
+    ("train_accuracy", "{:>9}", "{:>9.2%}"),
+    ("val_loss", "{:>8}", "{:>8.4f}"),
+    ("val_accuracy", "{:>7}", "{:>7.2%}"),
+    ("cost_ratio", "{:>5}", "{:>5.3f}"),
+    ("sam_fraction", "{:>6}", "{:>6.3f}"),
+    ("propagations", "{:>8}", "{:>8d}"),
+    ("wall_s", "{:>7}", "{:>7.1f}"),
+]
+_HEADERS = {
+    "train_loss": "train_loss",
+    "train_accuracy": "train_acc",
+    "val_accuracy": "val_acc",
+    "cost_ratio": "cost",
+    "sam_fraction": "sam_fr",
+    "propagations": "props",
+}
 
 
-def format_row(metrics: dict[str, float] | None) -> str:
+def format_row(metrics: Mapping[str, float] | None) -> str:
     """One line of the per-epoch table; None gives the header."""
     if metrics is None:
         return "  ".join(head.format(_HEADERS.get(key, key)) for key, head, _ in _COLUMNS)
@@ -78,9 +97,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.load(args.checkpoint)
         print(f"resumed from {args.checkpoint} at epoch {trainer.epoch}")
     schedule = config.schedule.build()
-    print(f"{config.dataset} / {config.model} on {trainer.device}: {config.epochs} epochs × {trainer.steps_per_epoch} steps, "
-          f"schedule {schedule} (p̄ = {schedule.mean():.3f}, expected cost {schedule.expected_cost():.3f}), rho {config.rho}"
-          + (f", G-RST weight {config.grst_weight}" if config.grst_weight is not None else ""))
+    print(
+        f"{config.dataset} / {config.model} on {trainer.device}: "
+        f"{config.epochs} epochs × {trainer.steps_per_epoch} steps, schedule {schedule} "
+        f"(p̄ = {schedule.mean():.3f}, expected cost {schedule.expected_cost():.3f}), rho {config.rho}"
+        + (f", G-RST weight {config.grst_weight}" if config.grst_weight is not None else "")
+    )
     tqdm.write(format_row(None))
     for metrics in trainer.fit(progress=not args.quiet):
         tqdm.write(format_row(metrics))
@@ -92,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
-def find_space(name: str, flag: str = "--space") -> Path:
+def find_space(name: str, flag: str) -> Path:
     """A search-space or study file by path, or by name in ./search_spaces or the project's search_spaces/."""
     for candidate in (Path(name), Path("search_spaces") / f"{name}.yaml", SPACES_DIR / f"{name}.yaml"):
         if candidate.is_file():
@@ -101,76 +123,55 @@ def find_space(name: str, flag: str = "--space") -> Path:
     raise ConfigError(f"{flag} {name}: no such file (shipped: {shipped or 'none found'})")
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from rst_tune.search import load_spec, read_run, run_search
-    from rst_tune.search.runner import new_run_dir
+# flags that set the setting of the same name
+_SETTINGS = ("name", "max_concurrent", "storage", "num_samples", "seeds")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = {key: getattr(args, key) for key in _SETTINGS if getattr(args, key, None) is not None}
+    return overrides | ({"train": {"epochs": args.epochs}} if args.epochs is not None else {})
+
+
+def _given(args: argparse.Namespace) -> list[str]:
+    """The flags given besides --resume that would change a run's settings."""
+    given = ["FILE"] * bool(getattr(args, "file", None)) + ["--space"] * bool(getattr(args, "space", None))
+    given += [
+        f"--{key.replace('_', '-')}" for key in (*_SETTINGS, "epochs") if getattr(args, key, None) is not None
+    ]
+    return given + ["--check"] * args.check
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`rst-tune search` and `rst-tune study`."""
+    from rst_tune import runs
     from rst_tune.tracking import tracker_for
 
     if args.resume:
-        run_dir = Path(args.resume)
-        values, spec = read_run(run_dir)
+        values, spec, folder = runs.resume(args.command, args.resume, _given(args))
     else:
-        overrides = {key: value for key, value in (("name", args.name), ("num_samples", args.num_samples),
-                                                   ("max_concurrent", args.max_concurrent), ("storage", args.storage))
-                     if value is not None}
-        if args.epochs is not None:
-            overrides["train"] = {"epochs": args.epochs}
-        values, spec = load_spec(find_space(args.space), overrides)
-        if args.check:
-            from rst_tune.search.space import points_to_evaluate
-
-            first = points_to_evaluate(spec)
-            print(f"{args.space}: valid; {spec.num_samples} trials of {spec.train_config().epochs} epochs, objective "
-                  f"{spec.objective}, searching {', '.join(['schedule'] * bool(spec.schedule) + list(spec.dimensions)) or 'nothing'}, "
-                  f"{len(first)} points first")
-            return 0
-        run_dir = new_run_dir(args.results_dir, spec.name, exact=args.name is not None)
-    tracker = tracker_for(run_dir, spec, args.tracking_uri, args.experiment)
-    report = run_search(values, spec, run_dir, address=args.address, resume=bool(args.resume), callbacks=[tracker])
-    print("\nPareto front (val_accuracy up, propagations down):")
-    print(report.table())
-    print(f"\nfiles: {run_dir}/pareto.csv, pareto.json, pareto.png, pareto.html")
-    print(f"browse the trials: rst-tune ui {run_dir}  (add --optuna for optuna-dashboard on the study)")
-    return 0
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    from rst_tune.search.runner import new_run_dir
-    from rst_tune.study import load_study, read_study, run_study
-    from rst_tune.tracking import tracker_for
-
-    if args.resume:
-        given = [flag for flag, value in (("FILE", args.file), ("--seeds", args.seeds), ("--epochs", args.epochs),
-                                          ("--name", args.name), ("--max-concurrent", args.max_concurrent),
-                                          ("--storage", args.storage), ("--check", args.check)) if value]
-        if given:
-            raise ConfigError(f"--resume continues a study as it was started; drop {', '.join(given)}")
-        run_dir = Path(args.resume)
-        values, spec = read_study(run_dir)
-    else:
-        if not args.file:
+        name = args.space or "default" if args.command == "search" else args.file
+        if name is None:
             raise ConfigError("give a study file (e.g. study_label_noise), or --resume RUN")
-        overrides = {key: value for key, value in (("name", args.name), ("seeds", args.seeds),
-                                                   ("max_concurrent", args.max_concurrent), ("storage", args.storage))
-                     if value is not None}
-        if args.epochs is not None:
-            overrides["train"] = {"epochs": args.epochs}
-        values, spec = load_study(find_space(args.file, "FILE"), overrides)
+        values, spec = runs.load(
+            args.command,
+            find_space(name, "--space" if args.command == "search" else "FILE"),
+            _overrides(args),
+        )
         if args.check:
-            print(f"{args.file}: valid; {len(spec.configurations)} configurations × {spec.seeds} seeds = "
-                  f"{spec.num_samples} trials of {spec.train_config().epochs} epochs:")
-            for index in range(len(spec.configurations)):
-                config = spec.train_config_of(index)
-                print(f"  {spec.label(index)}: expected cost {config.schedule.build().expected_cost():.3f}")
+            print(f"{name}: valid; {runs.summary(spec)}")
             return 0
-        run_dir = new_run_dir(args.results_dir, spec.name, exact=args.name is not None)
-    tracker = tracker_for(run_dir, spec.search_spec(), args.tracking_uri, args.experiment, kind="study",
-                          settings=spec.model_dump())
-    report = run_study(values, spec, run_dir, address=args.address, resume=bool(args.resume), callbacks=[tracker])
-    print()
+        folder = runs.new_folder(args.results_dir, spec, exact=args.name is not None)
+    tracker = tracker_for(folder.path, spec, args.tracking_uri, args.experiment)
+    report = runs.run(
+        values, spec, folder, address=args.address, resume=bool(args.resume), callbacks=[tracker]
+    )
+    print("\nPareto front (val_accuracy up, propagations down):" if args.command == "search" else "")
     print(report.table())
-    print(f"\nfiles: {run_dir}/study.md, study.csv, study.json, study.png")
-    print(f"browse the trials: rst-tune ui {run_dir}")
+    print(f"\nfiles: {folder.path}/{', '.join(report.files)}")
+    print(
+        f"browse the trials: rst-tune ui {folder.path}"
+        + ("  (add --optuna for optuna-dashboard on the study)" if args.command == "search" else "")
+    )
     return 0
 
 
@@ -183,74 +184,106 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_pareto(args: argparse.Namespace) -> int:
     import json
 
-    from rst_tune.search import report
+    from rst_tune.search import search_report
 
-    result = report(args.run_dir)
-    print(json.dumps(result.to_json(), indent=2) if args.json else result.table())
+    report = search_report(args.run_dir)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0
 
 
+def _run_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    """The flags a search and a study share."""
+    parser.add_argument("--name", help=f"run name (default: the {kind}'s name; -2, -3, ... when taken)")
+    parser.add_argument("--max-concurrent", type=int, help="trials running at once")
+    parser.add_argument("--epochs", type=int, help="epochs per trial")
+    parser.add_argument("--results-dir", default="rst_runs", help="where runs live (default: ./rst_runs)")
+    parser.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    parser.add_argument(
+        "--storage",
+        help="where Ray keeps trials and checkpoints: s3://, gs://, or a shared path; "
+        "required on a multi-node cluster (default: the run folder)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help=f"validate the {kind}, print what it would run, start nothing"
+    )
+    parser.add_argument("--resume", metavar="RUN", help=f"continue the interrupted {kind} in this folder")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in the run folder)",
+    )
+    parser.add_argument("--experiment", help=f"MLflow experiment (default: the {kind}'s name)")
+    parser.set_defaults(handler=cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rst-tune", description="Randomized sharpness-aware training and its search.")
+    parser = argparse.ArgumentParser(
+        prog="rst-tune", description="Randomized sharpness-aware training and its search."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="one training run, with a per-epoch table",
-                                description="Train one configuration. Keys: see rst_tune.config.TrainConfig; "
-                                            "dotted keys nest, e.g. schedule.name=step_up schedule.params.switch=0.5")
+    train = commands.add_parser(
+        "train",
+        help="one training run, with a per-epoch table",
+        description="Train one configuration. Keys: see rst_tune.config.TrainConfig; "
+        "dotted keys nest, e.g. schedule.name=step_up schedule.params.switch=0.5",
+    )
     train.add_argument("--config", help="YAML file of config keys (overrides on the command line win)")
     train.add_argument("--checkpoint", help="checkpoint file: written every epoch, resumed from if present")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.set_defaults(handler=cmd_train)
 
-    search = commands.add_parser("search", help="a Ray Tune + Optuna search; ends with the Pareto front",
-                                 description="Search schedules, rho and the G-RST weight for the Pareto front of "
-                                             "accuracy against propagations.")
-    search.add_argument("--space", default="default", help="search-space YAML file, or the name of a shipped one (default: default)")
-    search.add_argument("--name", help="run name (default: the space's name; -2, -3, ... when taken)")
+    search = commands.add_parser(
+        "search",
+        help="a Ray Tune + Optuna search; ends with the Pareto front",
+        description="Search schedules, rho and the G-RST weight for the Pareto front of "
+        "accuracy against propagations.",
+    )
+    search.add_argument(
+        "--space", help="search-space YAML file, or the name of a shipped one (default: default)"
+    )
     search.add_argument("--num-samples", type=int, help="number of trials")
-    search.add_argument("--max-concurrent", type=int, help="trials running at once")
-    search.add_argument("--epochs", type=int, help="epochs per trial")
-    search.add_argument("--results-dir", default="rst_runs", help="where runs live (default: ./rst_runs)")
-    search.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    search.add_argument("--storage", help="where Ray keeps trials and checkpoints: s3://, gs://, or a shared path; "
-                                          "required on a multi-node cluster (default: the run folder)")
-    search.add_argument("--check", action="store_true", help="validate the space, print a summary, start nothing")
-    search.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder")
-    search.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in the run folder)")
-    search.add_argument("--experiment", help="MLflow experiment (default: the search's name)")
-    search.set_defaults(handler=cmd_search)
+    _run_arguments(search, "search")
 
-    study = commands.add_parser("study", help="configurations × seeds, with error bars and t-tests against SGD and SAM",
-                                description="Train a fixed list of configurations with several seeds each; report "
-                                            "mean ± sd, 95 % intervals and Welch's t-test against SGD and SAM.")
-    study.add_argument("file", metavar="FILE", nargs="?",
-                       help="study YAML file, or the name of a shipped one (e.g. study_label_noise)")
+    study = commands.add_parser(
+        "study",
+        help="configurations × seeds, with error bars and t-tests against SGD and SAM",
+        description="Train a fixed list of configurations with several seeds each; report "
+        "mean ± sd, 95 % intervals and Welch's t-test against SGD and SAM.",
+    )
+    study.add_argument(
+        "file",
+        metavar="FILE",
+        nargs="?",
+        help="study YAML file, or the name of a shipped one (e.g. study_label_noise)",
+    )
     study.add_argument("--seeds", type=int, help="seeds per configuration")
-    study.add_argument("--epochs", type=int, help="epochs per trial")
-    study.add_argument("--name", help="run name (default: the study's name; -2, -3, ... when taken)")
-    study.add_argument("--max-concurrent", type=int, help="trials running at once")
-    study.add_argument("--results-dir", default="rst_runs", help="where runs live (default: ./rst_runs)")
-    study.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    study.add_argument("--storage", help="where Ray keeps trials and checkpoints (see rst-tune search --help)")
-    study.add_argument("--check", action="store_true", help="validate the study, list its configurations, start nothing")
-    study.add_argument("--resume", metavar="RUN", help="continue the interrupted study in this folder")
-    study.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in the run folder)")
-    study.add_argument("--experiment", help="MLflow experiment (default: the study's name)")
-    study.set_defaults(handler=cmd_study)
+    _run_arguments(study, "study")
 
-    pareto = commands.add_parser("pareto", help="the Pareto front of a search run",
-                                 description="Print a run's Pareto front and write pareto.csv, pareto.json, pareto.png.")
+    pareto = commands.add_parser(
+        "pareto",
+        help="the Pareto front of a search run",
+        description="Print a search run's Pareto front and write its report files again.",
+    )
     pareto.add_argument("run_dir", metavar="RUN", help="the run folder, e.g. rst_runs/default")
     pareto.add_argument("--json", action="store_true", help="print pareto.json instead of the table")
     pareto.set_defaults(handler=cmd_pareto)
 
-    ui = commands.add_parser("ui", help="the MLflow UI (and optuna-dashboard) on a search or study run",
-                             description="Start `mlflow server` on a run's store and print its experiment's URL; "
-                                         "Ctrl-C stops what was started.")
-    ui.add_argument("run_dir", metavar="RUN", nargs="?", help="the run folder (default: the newest in --results-dir)")
+    ui = commands.add_parser(
+        "ui",
+        help="the MLflow UI (and optuna-dashboard) on a search or study run",
+        description="Start `mlflow server` on a run's store and print its experiment's URL; "
+        "Ctrl-C stops what was started.",
+    )
+    ui.add_argument(
+        "run_dir", metavar="RUN", nargs="?", help="the run folder (default: the newest in --results-dir)"
+    )
     ui.add_argument("--results-dir", default="rst_runs", help="where runs live (default: ./rst_runs)")
-    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    ui.add_argument("--port", type=int, default=5000, help="MLflow port (default: 5000; optuna-dashboard takes the next)")
+    ui.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+    )
+    ui.add_argument(
+        "--port", type=int, default=5000, help="MLflow port (default: 5000; optuna-dashboard takes the next)"
+    )
     ui.add_argument("--optuna", action="store_true", help="also start optuna-dashboard on the run's study")
     ui.set_defaults(handler=cmd_ui)
     return parser

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -12,8 +14,45 @@ from rst_tune.models import MODELS
 from rst_tune.schedules import Schedule, make_schedule
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One reason a configuration cannot run: what is wrong, and where (a key path, a file and line)."""
+
+    message: str
+    key: tuple[str, ...] = ()
+    source: str | None = None
+    line: int | None = None
+
+    def within(self, *outer: str) -> Problem:
+        """The same problem with its key nested under `outer`."""
+        return replace(self, key=(*outer, *self.key))
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.source and self.line else self.source
+        key = ".".join(display_key(part) for part in self.key)
+        return ": ".join(part for part in (where, key, self.message) if part)
+
+
 class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the offending key."""
+    """A configuration that cannot run: one or more `problems`, each naming its key."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        key: str | tuple[str, ...] = (),
+        source: str | None = None,
+        problems: Sequence[Problem] = (),
+    ):
+        single = (
+            [Problem(message, (key,) if isinstance(key, str) else key, source)] if message is not None else []
+        )
+        self.problems: tuple[Problem, ...] = (*single, *problems)
+        super().__init__("; ".join(map(str, self.problems)))
+
+    def within(self, *outer: str) -> ConfigError:
+        """The same problems, their keys nested under `outer`."""
+        return ConfigError(problems=[problem.within(*outer) for problem in self.problems])
 
 
 class ScheduleConfig(BaseModel):
@@ -34,7 +73,7 @@ class ScheduleConfig(BaseModel):
 class TrainConfig(BaseModel):
     """Everything one run needs. Defaults: the embedded digits, a small CNN, RST at p = 0.5."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
     data_dir: str = DEFAULT_DATA_DIR
@@ -76,17 +115,17 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.nesterov and self.momentum == 0:
-            raise ValueError("nesterov=true needs momentum > 0")
+            raise ConfigError("true needs momentum > 0", key="nesterov")
         return self
 
 
 def load_config(values: dict[str, Any]) -> TrainConfig:
     """Validate a mapping (from YAML, the CLI or a search) into a TrainConfig, or raise ConfigError
-    with one line per problem, each naming its key."""
+    with a problem per bad key."""
     try:
         return TrainConfig.model_validate(values)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+        raise validation_problems(err) from None
 
 
 def display_key(key: object) -> str:
@@ -94,12 +133,22 @@ def display_key(key: object) -> str:
     return str(key) if re.fullmatch(r"[\w-]+", str(key)) else repr(key)
 
 
-def format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for problem in err.errors():
-        key = ".".join(display_key(part) for part in problem["loc"]) or "config"
-        message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "extra_forbidden":
-            message = "unknown key"
-        lines.append(f"{key}: {message}" + (f" (got {problem['input']!r})" if problem["type"] != "extra_forbidden" and not isinstance(problem["input"], dict) else ""))
-    return "; ".join(lines)
+def validation_problems(err: ValidationError) -> ConfigError:
+    """pydantic's errors as problems; a ConfigError raised by a validator keeps its own keys, under
+    the location of the model that raised it."""
+    problems = []
+    for error in err.errors():
+        key = tuple(str(part) for part in error["loc"])
+        raised = error.get("ctx", {}).get("error")
+        if isinstance(raised, ConfigError):
+            problems += [problem.within(*key) for problem in raised.problems]
+            continue
+        message = (
+            "unknown key"
+            if error["type"] == "extra_forbidden"
+            else error["msg"].removeprefix("Value error, ")
+        )
+        if error["type"] != "extra_forbidden" and not isinstance(error["input"], dict):
+            message += f" (got {error['input']!r})"
+        problems.append(Problem(message, key))
+    return ConfigError(problems=problems)

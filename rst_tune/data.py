@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +27,14 @@ DEFAULT_DATA_DIR = os.environ.get("RST_TUNE_DATA", "~/.cache/rst-tune/data")
 
 # name -> (folder, train files, test files, label key, classes, torchvision class for download)
 _CIFAR = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10, "CIFAR10"),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        b"labels",
+        10,
+        "CIFAR10",
+    ),
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100, "CIFAR100"),
 }
 _CIFAR_MEAN = {"cifar10": (125.3, 123.0, 113.9), "cifar100": (129.3, 124.1, 112.4)}
@@ -54,13 +61,21 @@ class ImageData:
 
     def to(self, device: torch.device | str) -> ImageData:
         move = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "val_x", "val_y")}
-        return ImageData(**move, mean=self.mean, std=self.std, num_classes=self.num_classes,
-                         crop_padding=self.crop_padding, flip=self.flip)
+        return ImageData(
+            **move,
+            mean=self.mean,
+            std=self.std,
+            num_classes=self.num_classes,
+            crop_padding=self.crop_padding,
+            flip=self.flip,
+        )
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return len(self.train_y) // batch_size
 
-    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of shuffled, augmented, normalised batches; the last partial batch is dropped."""
         n, device = len(self.train_y), self.train_y.device
         order = torch.randperm(n, generator=generator)
@@ -125,8 +140,12 @@ def load_digits(val_fraction: float = 0.2) -> ImageData:
         images, digits.target, test_size=val_fraction, random_state=0, stratify=digits.target
     )
     mean, std = float(x_train.mean()), float(x_train.std())
-    return ImageData(*(torch.from_numpy(a) for a in (x_train, y_train, x_val, y_val)),
-                     mean=(mean,), std=(std,), num_classes=10)
+    return ImageData(
+        *(torch.from_numpy(a) for a in (x_train, y_train, x_val, y_val)),
+        mean=(mean,),
+        std=(std,),
+        num_classes=10,
+    )
 
 
 def read_cifar(name: str, root: str | os.PathLike, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -160,22 +179,44 @@ def load_cifar(name: str, root: str | os.PathLike, download: bool = False) -> Im
             dataset_class(str(root), train=train, download=True)
     x_train, y_train = read_cifar(name, root, train=True)
     x_val, y_val = read_cifar(name, root, train=False)
-    return ImageData(*(torch.from_numpy(a) for a in (x_train, y_train, x_val, y_val)),
-                     mean=_CIFAR_MEAN[name], std=_CIFAR_STD[name], num_classes=_CIFAR[name][4],
-                     crop_padding=4, flip=True)
+    return ImageData(
+        *(torch.from_numpy(a) for a in (x_train, y_train, x_val, y_val)),
+        mean=_CIFAR_MEAN[name],
+        std=_CIFAR_STD[name],
+        num_classes=_CIFAR[name][4],
+        crop_padding=4,
+        flip=True,
+    )
 
 
-def synthetic(train_size: int = 10_000, val_size: int = 2_000, num_classes: int = 10, seed: int = 0) -> ImageData:
+def synthetic(
+    train_size: int = 10_000, val_size: int = 2_000, num_classes: int = 10, seed: int = 0
+) -> ImageData:
     """Random CIFAR-shaped images and labels: for speed benchmarks only, nothing can be learned."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (train_size + val_size, 3, 32, 32), dtype=torch.uint8, generator=generator)
     y = torch.randint(0, num_classes, (train_size + val_size,), generator=generator)
-    return ImageData(x[:train_size], y[:train_size], x[train_size:], y[train_size:],
-                     mean=(127.5,) * 3, std=(73.9,) * 3, num_classes=num_classes, crop_padding=4, flip=True)
+    return ImageData(
+        x[:train_size],
+        y[:train_size],
+        x[train_size:],
+        y[train_size:],
+        mean=(127.5,) * 3,
+        std=(73.9,) * 3,
+        num_classes=num_classes,
+        crop_padding=4,
+        flip=True,
+    )
 
 
-def load_dataset(name: str, *, data_dir: str = DEFAULT_DATA_DIR, download: bool = False,
-                 label_noise: float = 0.0, seed: int = 0) -> ImageData:
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str = DEFAULT_DATA_DIR,
+    download: bool = False,
+    label_noise: float = 0.0,
+    seed: int = 0,
+) -> ImageData:
     """Load a dataset by name (host memory); `label_noise` corrupts that fraction of training labels."""
     if name == "digits":
         data = load_digits()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,17 +37,25 @@ def _check_depth(depth: int, offset: int, model: str) -> int:
     """Blocks per stage of a three-stage CIFAR net of `depth` layers, two convs per block."""
     blocks, rest = divmod(depth - offset, 6)
     if rest or blocks < 1:
-        raise ValueError(f"{model}: depth {depth} is invalid; it needs (depth - {offset}) % 6 == 0 "
-                         f"and depth >= {offset + 6}")
+        raise ValueError(
+            f"{model}: depth {depth} is invalid; it needs (depth - {offset}) % 6 == 0 "
+            f"and depth >= {offset + 6}"
+        )
     return blocks
 
 
 def _digits_cnn(num_classes: int, in_channels: int, image_size: int, width: int) -> nn.Module:
     model = nn.Sequential(
-        _conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(),
-        _conv3x3(width, 2 * width), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        _conv3x3(in_channels, width),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        _conv3x3(width, 2 * width),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
         nn.MaxPool2d(2),
-        _conv3x3(2 * width, 4 * width), nn.BatchNorm2d(4 * width), nn.ReLU(),
+        _conv3x3(2 * width, 4 * width),
+        nn.BatchNorm2d(4 * width),
+        nn.ReLU(),
         _head(4 * width, num_classes),
     )
     return _init_weights(model)
@@ -73,8 +82,11 @@ class _WideBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _conv3x3(out_channels, out_channels)
-        self.shortcut = (None if in_channels == out_channels and stride == 1
-                         else nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False))
+        self.shortcut = (
+            None
+            if in_channels == out_channels and stride == 1
+            else nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = F.relu(self.bn1(x))
@@ -84,16 +96,22 @@ class _WideBlock(nn.Module):
         return out + (x if self.shortcut is None else self.shortcut(pre))
 
 
-def _wrn(num_classes: int, in_channels: int, image_size: int,
-         depth: int, width: int, dropout: float) -> nn.Module:
+def _wrn(
+    num_classes: int, in_channels: int, image_size: int, depth: int, width: int, dropout: float
+) -> nn.Module:
     blocks = _check_depth(depth, 4, "wrn")
     channels = [16, 16 * width, 32 * width, 64 * width]
     layers: list[nn.Module] = [_conv3x3(in_channels, channels[0])]
     for stage in range(3):
         for index in range(blocks):
-            layers.append(_WideBlock(channels[stage] if index == 0 else channels[stage + 1],
-                                     channels[stage + 1],
-                                     stride=2 if stage > 0 and index == 0 else 1, dropout=dropout))
+            layers.append(
+                _WideBlock(
+                    channels[stage] if index == 0 else channels[stage + 1],
+                    channels[stage + 1],
+                    stride=2 if stage > 0 and index == 0 else 1,
+                    dropout=dropout,
+                )
+            )
     layers += [nn.BatchNorm2d(channels[3]), nn.ReLU(), _head(channels[3], num_classes)]
     return _init_weights(nn.Sequential(*layers))
 
@@ -104,8 +122,11 @@ class _PyramidBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
         self.residual = nn.Sequential(
-            nn.BatchNorm2d(in_channels), _conv3x3(in_channels, out_channels, stride),
-            nn.BatchNorm2d(out_channels), nn.ReLU(), _conv3x3(out_channels, out_channels),
+            nn.BatchNorm2d(in_channels),
+            _conv3x3(in_channels, out_channels, stride),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+            _conv3x3(out_channels, out_channels),
             nn.BatchNorm2d(out_channels),
         )
         self.downsample = nn.AvgPool2d(2, ceil_mode=True) if stride == 2 else nn.Identity()
@@ -131,8 +152,17 @@ def _pyramidnet(num_classes: int, in_channels: int, image_size: int, depth: int,
     return _init_weights(nn.Sequential(*layers))
 
 
-def _vit(num_classes: int, in_channels: int, image_size: int, patch_size: int, num_layers: int,
-         num_heads: int, hidden_dim: int, mlp_dim: int, dropout: float) -> nn.Module:
+def _vit(
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    patch_size: int,
+    num_layers: int,
+    num_heads: int,
+    hidden_dim: int,
+    mlp_dim: int,
+    dropout: float,
+) -> nn.Module:
     if image_size % patch_size:
         raise ValueError(f"vit: image_size {image_size} is not divisible by patch_size {patch_size}")
     if hidden_dim % num_heads:
@@ -140,8 +170,14 @@ def _vit(num_classes: int, in_channels: int, image_size: int, patch_size: int, n
     import torchvision
 
     model = torchvision.models.VisionTransformer(
-        image_size=image_size, patch_size=patch_size, num_layers=num_layers, num_heads=num_heads,
-        hidden_dim=hidden_dim, mlp_dim=mlp_dim, dropout=dropout, num_classes=num_classes,
+        image_size=image_size,
+        patch_size=patch_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        mlp_dim=mlp_dim,
+        dropout=dropout,
+        num_classes=num_classes,
     )
     if in_channels != 3:
         model.conv_proj = nn.Conv2d(in_channels, hidden_dim, patch_size, stride=patch_size)
@@ -158,13 +194,16 @@ _BUILDERS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "resnet18": (_resnet18, {}),
     "wrn": (_wrn, {"depth": 28, "width": 10, "dropout": 0.0}),
     "pyramidnet": (_pyramidnet, {"depth": 110, "alpha": 270}),
-    "vit": (_vit, {"patch_size": 4, "num_layers": 6, "num_heads": 8, "hidden_dim": 256,
-                   "mlp_dim": 512, "dropout": 0.0}),
+    "vit": (
+        _vit,
+        {"patch_size": 4, "num_layers": 6, "num_heads": 8, "hidden_dim": 256, "mlp_dim": 512, "dropout": 0.0},
+    ),
 }
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
-                **params: Any) -> nn.Module:
+def build_model(
+    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **params: Any
+) -> nn.Module:
     """Build model `name` for `num_classes` classes and (in_channels, image_size, image_size) inputs.
 
     `params` override the model's defaults: digits_cnn `width`; wrn `depth`, `width`, `dropout`;

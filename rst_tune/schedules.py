@@ -9,8 +9,8 @@ cost of a run, 1 + p̄ propagation pairs per step, is known before it starts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,9 @@ def make_schedule(name: str, **params: float) -> Schedule:
     missing = [k for k in expected if k not in params]
     extra = [k for k in params if k not in expected]
     if missing or extra:
-        problems = [f"missing parameter {k!r}" for k in missing] + [f"unexpected parameter {k!r}" for k in extra]
+        problems = [f"missing parameter {k!r}" for k in missing] + [
+            f"unexpected parameter {k!r}" for k in extra
+        ]
         raise ValueError(f"schedule {name!r}: {'; '.join(problems)} (takes {', '.join(expected)})")
     for key, value in params.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:

@@ -13,8 +13,8 @@ reads its overflow check.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -60,7 +60,9 @@ class RandomizedSAM(torch.optim.Optimizer):
         self.schedule, self.total_steps = schedule, total_steps
         self.rho, self.adaptive, self.grst_weight, self.alpha_max = rho, adaptive, grst_weight, alpha_max
         self.max_grad_norm, self.grad_scaler = max_grad_norm, grad_scaler
-        self._norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if model else []
+        self._norms = (
+            [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if model else []
+        )
         self._rng = random.Random(seed)
         self.steps = self.sam_steps = self.propagations = 0
         self.expected_propagations = 0.0

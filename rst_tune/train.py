@@ -8,8 +8,10 @@ and correct counts accumulate on it and are read once, when the epoch's metrics 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,22 +22,65 @@ from rst_tune.data import ImageData, load_dataset
 from rst_tune.models import build_model
 from rst_tune.sharpness import RandomizedSAM
 
-EPOCH_METRICS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "propagations",
-    "expected_propagations",
-    "cost_ratio",
-    "sam_fraction",
-    "acc_per_prop",
-    "wall_s",
-)
-"""The per-epoch metrics, in order. Counts are cumulative over the run; `cost_ratio` is propagation
-pairs per step (SGD 1, SAM 2), `acc_per_prop` is val_accuracy / cost_ratio, `wall_s` the seconds
-spent training and evaluating so far."""
+
+@dataclass(frozen=True)
+class EpochMetrics(Mapping[str, float]):
+    """What one epoch of a run measured. Counts are cumulative over the run: `steps` optimizer steps,
+    `sam_steps` of them sharpness-aware, `propagations` forward-backward passes (SGD 1 per step, SAM 2),
+    `expected_propagations` their expectation Σ (1 + p(t)). `cost_ratio` is propagations per step,
+    `acc_per_prop` val_accuracy / cost_ratio, `wall_s` the seconds spent training and evaluating so far.
+    Reads as a mapping of metric name to value, in `EPOCH_METRICS` order."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    steps: int
+    sam_steps: int
+    propagations: int
+    expected_propagations: float
+    cost_ratio: float
+    sam_fraction: float
+    acc_per_prop: float
+    wall_s: float
+
+    @classmethod
+    def measured(
+        cls, *, steps: int, sam_steps: int, propagations: int, val_accuracy: float, **rest: float
+    ) -> EpochMetrics:
+        """The metrics from the counters, with the ratios derived from them."""
+        cost_ratio = propagations / steps
+        return cls(
+            steps=steps,
+            sam_steps=sam_steps,
+            propagations=propagations,
+            val_accuracy=val_accuracy,
+            cost_ratio=cost_ratio,
+            sam_fraction=sam_steps / steps,
+            acc_per_prop=val_accuracy / cost_ratio,
+            **rest,
+        )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> EpochMetrics:
+        """The metrics among `values` (a Ray result, Optuna user attributes, a checkpoint's history)."""
+        return cls(**{name: values[name] for name in EPOCH_METRICS})
+
+    def __getitem__(self, name: str) -> float:
+        if name not in EPOCH_METRICS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(EPOCH_METRICS)
+
+    def __len__(self) -> int:
+        return len(EPOCH_METRICS)
+
+
+EPOCH_METRICS: tuple[str, ...] = tuple(field.name for field in fields(EpochMetrics))
+"""The per-epoch metric names, in order: the keys a trial reports to Ray, Optuna and MLflow."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,45 +96,71 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config.device)
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # batches have one shape: let cuDNN time and keep its fastest kernels
+            # batches have one shape: let cuDNN time and keep its fastest kernels
+            torch.backends.cudnn.benchmark = True
         torch.manual_seed(config.seed)
         if data is None:
-            data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
-                                label_noise=config.label_noise, seed=config.seed)
+            data = load_dataset(
+                config.dataset,
+                data_dir=config.data_dir,
+                download=config.download,
+                label_noise=config.label_noise,
+                seed=config.seed,
+            )
         self.data = data.to(self.device)
         self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"batch_size: {config.batch_size} exceeds the {len(data.train_y)} training images")
+            raise ConfigError(
+                f"{config.batch_size} exceeds the {len(data.train_y)} training images", key="batch_size"
+            )
         total_steps = self.steps_per_epoch * config.epochs
 
         channels, size = data.shape[0], data.shape[-1]
         try:
             model = build_model(config.model, data.num_classes, channels, size, **config.model_params)
         except ValueError as err:
-            raise ConfigError(f"model_params: {err}") from None
+            raise ConfigError(str(err), key="model_params") from None
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.forward = torch.compile(self.model) if config.compile else self.model
 
-        base = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                               nesterov=config.nesterov, weight_decay=config.weight_decay)
-        self.lr_scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=total_steps)
-                             if config.lr_schedule == "cosine" else None)
+        base = torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+        self.lr_scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=total_steps)
+            if config.lr_schedule == "cosine"
+            else None
+        )
         fp16 = config.precision == "fp16"
         self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
         self.optimizer = RandomizedSAM(
-            base, config.schedule.build(), total_steps, rho=config.rho, adaptive=config.adaptive,
-            grst_weight=config.grst_weight, alpha_max=config.alpha_max, seed=config.seed,
-            model=self.model, max_grad_norm=config.grad_clip, grad_scaler=self.scaler,
+            base,
+            config.schedule.build(),
+            total_steps,
+            rho=config.rho,
+            adaptive=config.adaptive,
+            grst_weight=config.grst_weight,
+            alpha_max=config.alpha_max,
+            seed=config.seed,
+            model=self.model,
+            max_grad_norm=config.grad_clip,
+            grad_scaler=self.scaler,
         )
         self.data_rng = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.wall_s = 0.0
-        self.history: list[dict[str, float]] = []
+        self.history: list[EpochMetrics] = []
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        )
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
@@ -114,7 +185,7 @@ class Trainer:
             self.lr_scheduler.step()
         return loss.detach(), (first_logits[0].argmax(1) == labels).sum()
 
-    def train_epoch(self, progress: bool = False) -> dict[str, float]:
+    def train_epoch(self, progress: bool = False) -> EpochMetrics:
         """Train one epoch, evaluate, and return (and record) the epoch's metrics."""
         start = time.perf_counter()
         self.model.train()
@@ -122,8 +193,13 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         batches = self.data.train_batches(self.config.batch_size, self.data_rng)
         if progress:
-            batches = tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-                           leave=False, unit="step")
+            batches = tqdm(
+                batches,
+                total=self.steps_per_epoch,
+                desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                leave=False,
+                unit="step",
+            )
         for images, labels in batches:
             loss, right = self.train_step(images, labels)
             loss_sum += loss
@@ -133,20 +209,18 @@ class Trainer:
         self.wall_s += time.perf_counter() - start
         self.epoch += 1
         opt = self.optimizer
-        cost_ratio = opt.propagations / opt.steps
-        metrics = {
-            "epoch": self.epoch,
-            "train_loss": train_loss / self.steps_per_epoch,
-            "train_accuracy": train_correct / (self.steps_per_epoch * self.config.batch_size),
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "propagations": opt.propagations,
-            "expected_propagations": opt.expected_propagations,
-            "cost_ratio": cost_ratio,
-            "sam_fraction": opt.sam_steps / opt.steps,
-            "acc_per_prop": val_accuracy / cost_ratio,
-            "wall_s": self.wall_s,
-        }
+        metrics = EpochMetrics.measured(
+            epoch=self.epoch,
+            train_loss=train_loss / self.steps_per_epoch,
+            train_accuracy=train_correct / (self.steps_per_epoch * self.config.batch_size),
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            steps=opt.steps,
+            sam_steps=opt.sam_steps,
+            propagations=opt.propagations,
+            expected_propagations=opt.expected_propagations,
+            wall_s=self.wall_s,
+        )
         self.history.append(metrics)
         return metrics
 
@@ -165,7 +239,7 @@ class Trainer:
         loss, right = torch.stack([loss_sum, correct]).tolist()
         return loss / n, right / n
 
-    def fit(self, progress: bool = False) -> Iterator[dict[str, float]]:
+    def fit(self, progress: bool = False) -> Iterator[EpochMetrics]:
         """Run the remaining epochs, yielding each epoch's metrics."""
         while self.epoch < self.config.epochs:
             yield self.train_epoch(progress)
@@ -175,7 +249,7 @@ class Trainer:
             "config": self.config.model_dump(),
             "epoch": self.epoch,
             "wall_s": self.wall_s,
-            "history": self.history,
+            "history": [dict(metrics) for metrics in self.history],
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
@@ -186,8 +260,14 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         if state["config"] != self.config.model_dump():
-            raise ValueError("checkpoint was written by a run with a different config")
-        self.epoch, self.wall_s, self.history = state["epoch"], state["wall_s"], state["history"]
+            raise ConfigError("checkpoint was written by a run with a different config")
+        self.epoch, self.wall_s = state["epoch"], state["wall_s"]
+        try:
+            self.history = [EpochMetrics.from_mapping(metrics) for metrics in state["history"]]
+        except KeyError as missing:
+            raise ConfigError(
+                f"checkpoint was written by an older rst-tune (no {missing} metric); start again"
+            ) from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler:
@@ -208,8 +288,9 @@ class Trainer:
         self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def train(config: TrainConfig, callback: Callable[[dict[str, float]], None] | None = None,
-          progress: bool = False) -> list[dict[str, float]]:
+def train(
+    config: TrainConfig, callback: Callable[[EpochMetrics], None] | None = None, progress: bool = False
+) -> list[EpochMetrics]:
     """Run `config` to the end, calling `callback` with each epoch's metrics; returns them all."""
     trainer = Trainer(config)
     for metrics in trainer.fit(progress):

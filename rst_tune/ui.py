@@ -1,8 +1,8 @@
-"""`rst-tune ui`: the MLflow UI (and optuna-dashboard) on a search or study run, bound to 127.0.0.1 by default."""
+"""`rst-tune ui`: the MLflow UI (and optuna-dashboard) on a search or study run, bound to 127.0.0.1
+by default."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -13,27 +13,19 @@ import urllib.request
 from pathlib import Path
 
 from rst_tune.config import ConfigError
-from rst_tune.search.runner import SPEC_FILE, study_url
-from rst_tune.study.runner import SPEC_FILE as STUDY_SPEC_FILE
-from rst_tune.tracking import TRACKING_FILE
+from rst_tune.search.folder import RunFolder
+from rst_tune.tracking.record import TrackingRecord
 
 READY_S = 120.0
-
-
-def newest_run(results_dir: str | Path) -> Path:
-    """The run (search or study) in `results_dir` started last."""
-    specs = [p for name in (SPEC_FILE, STUDY_SPEC_FILE) for p in Path(results_dir).glob(f"*/{name}")]
-    runs = [p.parent for p in sorted(specs, key=lambda p: p.stat().st_mtime)]
-    if not runs:
-        raise ConfigError(f"{results_dir}: no search or study runs here; give the run folder")
-    return runs[-1]
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, name: str, log: Path) -> None:
     deadline = time.monotonic() + READY_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ConfigError(f"{name} exited with code {process.returncode} before it served {url}; see {log}")
+            raise ConfigError(
+                f"{name} exited with code {process.returncode} before it served {url}; see {log}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -49,36 +41,73 @@ def _interrupt(signum, frame) -> None:
 def _start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a server in its own process group, its output going to `log`."""
     with open(log, "ab") as sink:
-        return subprocess.Popen(command, env={**os.environ, **(env or {})}, start_new_session=True,
-                                stdout=sink, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
 
 
-def serve(run_dir: str | None, results_dir: str, *, host: str = "127.0.0.1", port: int = 5000, optuna: bool = False) -> int:
+def serve(
+    run_dir: str | None, results_dir: str, *, host: str = "127.0.0.1", port: int = 5000, optuna: bool = False
+) -> int:
     """Serve the run's MLflow store and print the experiment's URL; block until Ctrl-C, then stop."""
-    run = Path(run_dir) if run_dir else newest_run(results_dir)
-    saved = run / TRACKING_FILE
-    if not saved.exists():
-        raise ConfigError(f"{run}: no MLflow tracking record ({TRACKING_FILE}); was it a search or study run?")
-    state = json.loads(saved.read_text())
+    folder = RunFolder.existing(run_dir) if run_dir else RunFolder.newest(results_dir)
+    record = TrackingRecord.load(folder)
+    if record is None:
+        raise ConfigError(
+            f"{folder.path}: no MLflow tracking record ({folder.tracking_file.name}); was the run tracked?"
+        )
+    run = folder.path
     processes = []
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated `rst-tune ui` stops its servers too
     try:
-        if state["tracking_uri"].startswith("sqlite:"):
-            processes.append(_start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", state["tracking_uri"],
-                                     "--host", host, "--port", str(port), "--workers", "1"],
-                                    run / "mlflow_server.log", env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))
+        if record.tracking_uri.startswith("sqlite:"):
+            processes.append(
+                _start(
+                    [
+                        sys.executable,
+                        "-m",
+                        "mlflow",
+                        "server",
+                        "--backend-store-uri",
+                        record.tracking_uri,
+                        "--host",
+                        host,
+                        "--port",
+                        str(port),
+                        "--workers",
+                        "1",
+                    ],
+                    run / "mlflow_server.log",
+                    env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                )
+            )
             base = f"http://{host}:{port}"
             _wait_until_up(f"{base}/health", processes[-1], "mlflow server", run / "mlflow_server.log")
         else:
-            base = state["tracking_uri"]
-        print(f"MLflow: {base}/#/experiments/{state['experiment_id']}/runs", flush=True)
+            base = record.tracking_uri
+        print(f"MLflow: {base}/#/experiments/{record.experiment_id}/runs", flush=True)
         if optuna:
-            dashboard = shutil.which("optuna-dashboard", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+            dashboard = shutil.which(
+                "optuna-dashboard",
+                path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            )
             if dashboard is None:
-                raise ConfigError("--optuna: optuna-dashboard is not installed (pip install optuna-dashboard)")
-            processes.append(_start([dashboard, study_url(run), "--host", host, "--port", str(port + 1)],
-                                    run / "optuna_dashboard.log"))
-            _wait_until_up(f"http://{host}:{port + 1}/", processes[-1], "optuna-dashboard", run / "optuna_dashboard.log")
+                raise ConfigError(
+                    "--optuna: optuna-dashboard is not installed (pip install optuna-dashboard)"
+                )
+            processes.append(
+                _start(
+                    [dashboard, folder.study_url, "--host", host, "--port", str(port + 1)],
+                    run / "optuna_dashboard.log",
+                )
+            )
+            _wait_until_up(
+                f"http://{host}:{port + 1}/", processes[-1], "optuna-dashboard", run / "optuna_dashboard.log"
+            )
             print(f"Optuna: http://{host}:{port + 1}/", flush=True)
         if not processes:
             return 0

@@ -7,13 +7,23 @@ import pytest
 
 
 def rst_tune(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "rst_tune.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rst_tune.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_train_prints_a_table_and_resumes_from_its_checkpoint(tmp_path):
     ckpt = tmp_path / "run.pt"
-    first = rst_tune("train", "--quiet", "--checkpoint", str(ckpt), "epochs=2", "batch_size=256",
-                     "schedule.name=step_down", "schedule.params.switch=0.5")
+    first = rst_tune(
+        "train",
+        "--quiet",
+        "--checkpoint",
+        str(ckpt),
+        "epochs=2",
+        "batch_size=256",
+        "schedule.name=step_down",
+        "schedule.params.switch=0.5",
+    )
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert "schedule step_down(switch=0.5) (p̄ = 0.500, expected cost 1.500)" in lines[0]
@@ -24,8 +34,16 @@ def test_train_prints_a_table_and_resumes_from_its_checkpoint(tmp_path):
     # step_down(0.5) over 2 epochs: every step of epoch 1 is sharpness-aware, so its cost is 2
     assert rows[0].split()[5] == "2.000"
 
-    again = rst_tune("train", "--quiet", "--checkpoint", str(ckpt), "epochs=2", "batch_size=256",
-                     "schedule.name=step_down", "schedule.params.switch=0.5")
+    again = rst_tune(
+        "train",
+        "--quiet",
+        "--checkpoint",
+        str(ckpt),
+        "epochs=2",
+        "batch_size=256",
+        "schedule.name=step_down",
+        "schedule.params.switch=0.5",
+    )
     assert again.returncode == 0
     assert "resumed from" in again.stdout and "at epoch 2" in again.stdout
     assert len(again.stdout.splitlines()) == 3  # resumed line, banner, header: nothing left to train
@@ -60,11 +78,15 @@ def test_config_file_and_overrides_merge(tmp_path):
 
 def test_search_with_a_bad_space_exits_2_with_one_line_and_starts_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nspace:\n  schedule:\n    constant: {p: {low: 0, high: 1}}\n  rho: {low: 0.5, high: 0.1}\n")
+    bad.write_text(
+        "name: bad\nspace:\n  schedule:\n    constant: {p: {low: 0, high: 1}}\n  rho: {low: 0.5, high: 0.1}\n"
+    )
     result = rst_tune("search", "--space", str(bad), "--results-dir", str(tmp_path / "runs"))
     assert result.returncode == 2
     assert result.stderr == f"rst-tune: error: {bad}:5: space.rho: low (0.5) must be below high (0.1)\n"
     assert not (tmp_path / "runs").exists()
     missing = rst_tune("search", "--space", "nonexistent")
-    assert missing.returncode == 2 and "shipped: cifar100_wrn28_10, cifar10_resnet18, default" in missing.stderr
+    assert (
+        missing.returncode == 2 and "shipped: cifar100_wrn28_10, cifar10_resnet18, default" in missing.stderr
+    )
     assert rst_tune("pareto", str(tmp_path)).returncode == 2

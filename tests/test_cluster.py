@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 from mlflow import MlflowClient
 from mlflow.cli import cli as mlflow_cli
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.scripts.scripts import cli as ray_cli
 from ray.tune import ExperimentAnalysis
-
-from conftest import free_port
 
 ROOT = Path(__file__).parent.parent
 CLUSTER = yaml.safe_load((ROOT / "cluster.yaml").read_text())
@@ -30,7 +29,10 @@ def test_cluster_yaml_validates_against_rays_schema():
     validate_config(prepare_config(CLUSTER))  # what `ray up` does before it starts anything
     with pytest.raises(Exception, match="max_worker"):
         validate_config(prepare_config({**CLUSTER, "max_worker": 8}))
-    assert CLUSTER["docker"]["worker_image"].startswith("rayproject/ray:") and "-gpu" in CLUSTER["docker"]["worker_image"]
+    assert (
+        CLUSTER["docker"]["worker_image"].startswith("rayproject/ray:")
+        and "-gpu" in CLUSTER["docker"]["worker_image"]
+    )
     assert "ray-ml" not in json.dumps(CLUSTER)
     assert CLUSTER["available_node_types"]["head"]["resources"] == {"CPU": 0}
     for node in CLUSTER["available_node_types"].values():
@@ -71,8 +73,13 @@ class RayNode:
     """`ray start --block` in its own process group: SIGTERM stops the node and only it."""
 
     def __init__(self, *args, env):
-        self.process = subprocess.Popen(["ray", "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args],
-                                        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            ["ray", "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
 
     def stop(self):
         if self.process.poll() is None:
@@ -98,23 +105,52 @@ def test_search_on_a_two_node_cluster_uses_both_nodes_and_shared_storage(tmp_pat
         address = f"127.0.0.1:{port}"
         for _ in range(120):
             assert head.process.poll() is None, "the head node exited"
-            if subprocess.run(["ray", "status", "--address", address], env=env, capture_output=True).returncode == 0:
+            if (
+                subprocess.run(
+                    ["ray", "status", "--address", address], env=env, capture_output=True
+                ).returncode
+                == 0
+            ):
                 break
             time.sleep(1)
         nodes.append(RayNode("--address", address, env=env))
         for _ in range(120):
-            status = subprocess.run(["ray", "status", "--address", address], env=env, capture_output=True, text=True).stdout
+            status = subprocess.run(
+                ["ray", "status", "--address", address], env=env, capture_output=True, text=True
+            ).stdout
             if re.search(r"2\.0 CPU", status) or "0.0/2.0 CPU" in status:
                 break
             time.sleep(1)
-        space = {"name": "cluster", "train": {"epochs": 2, "batch_size": 128, "device": "cpu"},
-                 "space": {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}}}},
-                 "num_samples": 4, "max_concurrent": 2, "reuse_actors": False}
+        space = {
+            "name": "cluster",
+            "train": {"epochs": 2, "batch_size": 128, "device": "cpu"},
+            "space": {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}}}},
+            "num_samples": 4,
+            "max_concurrent": 2,
+            "reuse_actors": False,
+        }
         (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
         shared = tmp_path / "shared"
-        result = subprocess.run([sys.executable, "-m", "rst_tune.cli", "search", "--space", str(tmp_path / "space.yaml"),
-                                 "--results-dir", str(tmp_path / "runs"), "--address", address, "--storage", str(shared)],
-                                env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rst_tune.cli",
+                "search",
+                "--space",
+                str(tmp_path / "space.yaml"),
+                "--results-dir",
+                str(tmp_path / "runs"),
+                "--address",
+                address,
+                "--storage",
+                str(shared),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         trials = ExperimentAnalysis(str(shared / "cluster" / "trials")).trials
         assert len(trials) == 4 and all(t.status == "TERMINATED" for t in trials)
@@ -123,8 +159,9 @@ def test_search_on_a_two_node_cluster_uses_both_nodes_and_shared_storage(tmp_pat
         assert all((shared / "cluster" / "trials" / t.trial_id / "result.json").exists() for t in trials)
         client = MlflowClient(f"sqlite:///{tmp_path}/runs/cluster/mlflow.db")
         runs = client.search_runs([client.get_experiment_by_name("cluster").experiment_id])
-        assert sorted(r.data.tags.get("rst.ray_trial_id", "") for r in runs if "mlflow.parentRunId" in r.data.tags) == \
-            sorted(t.trial_id for t in trials)
+        assert sorted(
+            r.data.tags.get("rst.ray_trial_id", "") for r in runs if "mlflow.parentRunId" in r.data.tags
+        ) == sorted(t.trial_id for t in trials)
     finally:
         for node in reversed(nodes):
             node.stop()

@@ -19,8 +19,15 @@ def write_cifar10(root, n_per_batch=6):
         data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, n_per_batch)]
         with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * n_per_batch}, f)
+            pickle.dump(
+                {
+                    b"batch_label": name.encode(),
+                    b"labels": labels,
+                    b"data": data,
+                    b"filenames": [b"x.png"] * n_per_batch,
+                },
+                f,
+            )
         written[name] = (data, labels)
     return written
 
@@ -31,8 +38,15 @@ def write_cifar100(root, n=8):
     rng = np.random.default_rng(1)
     for name in ("train", "test"):
         with open(folder / name, "wb") as f:
-            pickle.dump({b"filenames": [b"x.png"] * n, b"fine_labels": [int(v) for v in rng.integers(0, 100, n)],
-                         b"coarse_labels": [0] * n, b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}, f)
+            pickle.dump(
+                {
+                    b"filenames": [b"x.png"] * n,
+                    b"fine_labels": [int(v) for v in rng.integers(0, 100, n)],
+                    b"coarse_labels": [0] * n,
+                    b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                },
+                f,
+            )
 
 
 def test_cifar10_reader_decodes_the_official_layout(tmp_path):
@@ -57,7 +71,11 @@ def test_load_dataset_cifar100_uses_fine_labels_and_augments(tmp_path):
 
 
 def test_missing_cifar_says_where_to_put_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"cifar10 not found: data_batch_1, .*data_batch_5 missing in .*nowhere/cifar-10-batches-py.*download=true"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"cifar10 not found: data_batch_1, .*data_batch_5 missing in .*nowhere/cifar-10-batches-py"
+        r".*download=true",
+    ):
         load_dataset("cifar10", data_dir=str(tmp_path / "nowhere"))
 
 

@@ -22,9 +22,20 @@ STEP_KINDS = {
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("kind", list(STEP_KINDS))
 def test_training_steps_never_synchronise_the_host(kind, precision):
-    config = load_config({**STEP_KINDS[kind], "dataset": "synthetic", "model": "resnet18", "batch_size": 128,
-                          "epochs": 1, "device": "cuda", "precision": precision, "channels_last": precision == "bf16",
-                          "grad_clip": 5.0, "seed": 3})
+    config = load_config(
+        {
+            **STEP_KINDS[kind],
+            "dataset": "synthetic",
+            "model": "resnet18",
+            "batch_size": 128,
+            "epochs": 1,
+            "device": "cuda",
+            "precision": precision,
+            "channels_last": precision == "bf16",
+            "grad_clip": 5.0,
+            "seed": 3,
+        }
+    )
     trainer = Trainer(config)
     trainer.model.train()
     batches = trainer.data.train_batches(config.batch_size, trainer.data_rng)
@@ -51,7 +62,12 @@ def test_training_steps_never_synchronise_the_host(kind, precision):
 
 
 def test_compiled_model_does_not_recompile_across_sgd_and_sharpness_aware_steps():
-    settings = {"epochs": 2, "schedule": {"name": "constant", "params": {"p": 0.5}}, "grst_weight": 0.3, "seed": 1}
+    settings = {
+        "epochs": 2,
+        "schedule": {"name": "constant", "params": {"p": 0.5}},
+        "grst_weight": 0.3,
+        "seed": 1,
+    }
     eager = Trainer(load_config(settings))
     compiled = Trainer(load_config({**settings, "compile": True}))
     eager_history = [eager.train_epoch() for _ in range(2)]
@@ -67,5 +83,8 @@ def test_compiled_model_does_not_recompile_across_sgd_and_sharpness_aware_steps(
     assert counters["stats"]["unique_graphs"] == graphs
     for eager_metrics, compiled_metrics in zip(eager_history, compiled.history):
         assert compiled_metrics["propagations"] == eager_metrics["propagations"]
-        assert compiled_metrics["train_loss"] == pytest.approx(eager_metrics["train_loss"], rel=1e-4)
+        # inductor's kernels round differently and training amplifies it: on a 2-core AMD EPYC VM the mean
+        # losses of epochs 1 and 2 differed by 1.3e-4 and 1.1e-3 (relative; seed 2: 1.4e-5, 2.6e-4),
+        # the same before issue 12's changes
+        assert compiled_metrics["train_loss"] == pytest.approx(eager_metrics["train_loss"], rel=1e-2)
         assert compiled_metrics["val_accuracy"] == pytest.approx(eager_metrics["val_accuracy"], abs=1 / 360)

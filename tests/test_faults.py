@@ -18,7 +18,7 @@ from ray.tune import ExperimentAnalysis
 from rst_tune.cli import main
 from rst_tune.config import ConfigError
 from rst_tune.search import load_spec, parse_spec, run_search
-from rst_tune.search.runner import check_shared, filesystem_type, spans_machines
+from rst_tune.search.cluster import check_shared, filesystem_type, spans_machines
 from rst_tune.search.space import points_to_evaluate
 from rst_tune.tracking import tracker_for
 
@@ -39,29 +39,53 @@ def _kill_worker_mid_run(trials_dir: Path, killed: list):
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_result(local_ray, tmp_path):
-    values = {"name": "kill", "train": {"epochs": 6, "batch_size": 64, "device": "cpu"},
-              "space": {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}}}}, "baselines": False,
-              "points_to_evaluate": [{"schedule": {"name": "constant", "params": {"p": 0.5}}}],
-              "num_samples": 1, "max_failures": 1, "reuse_actors": False, "seed": 9}
+    values = {
+        "name": "kill",
+        "train": {"epochs": 6, "batch_size": 64, "device": "cpu"},
+        "space": {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}}}},
+        "baselines": False,
+        "points_to_evaluate": [{"schedule": {"name": "constant", "params": {"p": 0.5}}}],
+        "num_samples": 1,
+        "max_failures": 1,
+        "reuse_actors": False,
+        "seed": 9,
+    }
     finals = {}
     for name in ("clean", "killed"):
         spec, run_dir, killed = parse_spec(values), tmp_path / name, []
         if name == "killed":
-            threading.Thread(target=_kill_worker_mid_run, args=(run_dir / "trials", killed), daemon=True).start()
-        run_search(values, spec, run_dir, callbacks=[tracker_for(run_dir, spec, out=lambda line: None)],
-                   out=lambda line: None)
+            threading.Thread(
+                target=_kill_worker_mid_run, args=(run_dir / "trials", killed), daemon=True
+            ).start()
+        run_search(
+            values,
+            spec,
+            run_dir,
+            callbacks=[tracker_for(run_dir, spec, out=lambda line: None)],
+            out=lambda line: None,
+        )
         (trial,) = ExperimentAnalysis(str(run_dir / "trials")).trials
         finals[name] = trial.last_result
         if name == "killed":
             assert killed and trial.run_metadata.num_failures == 1 and trial.status == "TERMINATED"
-            epochs = [yaml.safe_load(line)["epoch"] for line in (run_dir / "trials" / trial.trial_id / "result.json")
-                      .read_text().splitlines() if line.strip()]
+            epochs = [
+                yaml.safe_load(line)["epoch"]
+                for line in (run_dir / "trials" / trial.trial_id / "result.json").read_text().splitlines()
+                if line.strip()
+            ]
             assert epochs.count(1) == 1 and epochs[-1] == 6  # it went on from a checkpoint, not from scratch
             client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
             runs = client.search_runs([client.get_experiment_by_name("kill").experiment_id])
             (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
             assert child.info.status == "FINISHED"
-            assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1, 2, 3, 4, 5, 6]
+            assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [
+                1,
+                2,
+                3,
+                4,
+                5,
+                6,
+            ]
     for key in ("val_accuracy", "val_loss", "train_loss", "train_accuracy", "propagations", "sam_fraction"):
         assert finals["killed"][key] == finals["clean"][key], key
 
@@ -70,17 +94,34 @@ def test_environment_secrets_are_never_logged(local_ray, tmp_path, monkeypatch):
     planted = "planted-secret-5b1c9e"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", planted)
     monkeypatch.setenv("RST_TUNE_TEST_TOKEN", planted)
-    values = {"name": "secret", "train": {"epochs": 1, "batch_size": 128, "device": "cpu"},
-              "space": {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}}}}, "num_samples": 2}
+    values = {
+        "name": "secret",
+        "train": {"epochs": 1, "batch_size": 128, "device": "cpu"},
+        "space": {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}}}},
+        "num_samples": 2,
+    }
     spec, run_dir = parse_spec(values), tmp_path / "secret"
-    run_search(values, spec, run_dir, callbacks=[tracker_for(run_dir, spec, out=lambda line: None)], out=lambda line: None)
+    run_search(
+        values,
+        spec,
+        run_dir,
+        callbacks=[tracker_for(run_dir, spec, out=lambda line: None)],
+        out=lambda line: None,
+    )
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("secret").experiment_id])
     assert len(runs) == 3
     for run in runs:
-        logged = list(run.data.params.values()) + list(run.data.tags.values()) + list(run.data.params) + list(run.data.tags)
+        logged = (
+            list(run.data.params.values())
+            + list(run.data.tags.values())
+            + list(run.data.params)
+            + list(run.data.tags)
+        )
         assert not [value for value in logged if planted in value]
-    texts = [p for p in (run_dir / "mlartifacts").rglob("*") if p.suffix in (".json", ".yaml", ".txt", ".csv")]
+    texts = [
+        p for p in (run_dir / "mlartifacts").rglob("*") if p.suffix in (".json", ".yaml", ".txt", ".csv")
+    ]
     assert texts and not [p for p in texts if planted in p.read_text()]
 
 
@@ -90,19 +131,56 @@ def test_local_storage_is_refused_for_a_cluster_that_spans_machines(local_ray, t
     assert not spans_machines(nodes, here)  # this test's Ray: one machine
     elsewhere = [{**nodes[0], "NodeManagerAddress": "10.0.0.7"}]
     assert spans_machines(nodes + elsewhere, here)
-    assert spans_machines([{**nodes[0], "Resources": {"CPU": 0.0, "memory": 1.0}}], here)  # a head that runs nothing
-    with pytest.raises(ConfigError, match=f"--storage: {tmp_path} is a local .* path, but this cluster runs trials on other machines"):
+    head_running_nothing = [{**nodes[0], "Resources": {"CPU": 0.0, "memory": 1.0}}]
+    assert spans_machines(head_running_nothing, here)
+    with pytest.raises(
+        ConfigError,
+        match=f"--storage: {tmp_path} is a local .* path, but this cluster runs trials on other machines",
+    ):
         check_shared(str(tmp_path))
     check_shared("s3://bucket/prefix")  # remote storage is fine
     assert filesystem_type("/proc/self") == "proc"
 
 
-_keys = st.sampled_from(["name", "train", "space", "objective", "budget", "sampler", "seed", "num_samples",
-                         "max_concurrent", "resources", "early_stopping", "baselines", "points_to_evaluate", "schedule",
-                         "constant", "step", "p", "low", "high", "log", "choices", "optional", "rho", "grst_weight",
-                         "epochs", "lr", "type", "step", "name", "params"]) | st.text(min_size=1, max_size=6)
-_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 300) | st.floats(allow_nan=True) | st.text(max_size=6),
-                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=4), max_leaves=12)
+_keys = st.sampled_from(
+    [
+        "name",
+        "train",
+        "space",
+        "objective",
+        "budget",
+        "sampler",
+        "seed",
+        "num_samples",
+        "max_concurrent",
+        "resources",
+        "early_stopping",
+        "baselines",
+        "points_to_evaluate",
+        "schedule",
+        "constant",
+        "step",
+        "p",
+        "low",
+        "high",
+        "log",
+        "choices",
+        "optional",
+        "rho",
+        "grst_weight",
+        "epochs",
+        "lr",
+        "type",
+        "step",
+        "name",
+        "params",
+    ]
+) | st.text(min_size=1, max_size=6)
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 300) | st.floats(allow_nan=True) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=4),
+    max_leaves=12,
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -114,7 +192,11 @@ def test_random_search_settings_get_a_clear_error_or_validate(values):
         assert str(err) and "\n" not in str(err)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(path=st.lists(_keys, min_size=1, max_size=3), value=_values)
 def test_the_cli_answers_a_corrupted_space_with_one_line(tmp_path, capsys, path, value):
     values = yaml.safe_load(DEFAULT.read_text())

@@ -29,8 +29,9 @@ def test_every_model_has_a_case():
     assert {case[0] for case in CASES} == set(MODELS)
 
 
-@pytest.mark.parametrize("name, in_channels, image_size, params", CASES,
-                         ids=[f"{c[0]}-{c[1]}x{c[2]}" for c in CASES])
+@pytest.mark.parametrize(
+    "name, in_channels, image_size, params", CASES, ids=[f"{c[0]}-{c[1]}x{c[2]}" for c in CASES]
+)
 def test_forward_backward_float64_channels_last(name, in_channels, image_size, params):
     torch.manual_seed(0)
     model = build_model(name, 5, in_channels, image_size, **params).double()
@@ -120,8 +121,14 @@ def test_unknown_param_names_it_and_the_model(name, param):
         build_model(name, 10, **{param: 1})
 
 
-@pytest.mark.parametrize("name, depth, rule", [("wrn", 27, r"\(depth - 4\) % 6"), ("wrn", 4, r"\(depth - 4\) % 6"),
-                                               ("pyramidnet", 100, r"\(depth - 2\) % 6")])
+@pytest.mark.parametrize(
+    "name, depth, rule",
+    [
+        ("wrn", 27, r"\(depth - 4\) % 6"),
+        ("wrn", 4, r"\(depth - 4\) % 6"),
+        ("pyramidnet", 100, r"\(depth - 2\) % 6"),
+    ],
+)
 def test_bad_depth_names_value_and_rule(name, depth, rule):
     with pytest.raises(ValueError, match=f"depth {depth} .*{rule}"):
         build_model(name, 10, depth=depth)

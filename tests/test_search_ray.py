@@ -7,6 +7,7 @@ import math
 import optuna
 import pytest
 import yaml
+from conftest import kill_mid_run, rst_tune_process
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from ray.tune import ExperimentAnalysis
@@ -15,12 +16,16 @@ from rst_tune.cli import main
 from rst_tune.search import parse_spec, run_search
 from rst_tune.search.space import trial_seed
 
-from conftest import kill_mid_run, rst_tune_process
 
 def _space(**extra):
-    return {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}},
-                         "linear": {"p_start": {"low": 0.0, "high": 1.0}, "p_end": {"low": 0.0, "high": 1.0}}},
-            "rho": {"low": 0.01, "high": 0.2, "log": True}, **extra}
+    return {
+        "schedule": {
+            "constant": {"p": {"low": 0.0, "high": 1.0}},
+            "linear": {"p_start": {"low": 0.0, "high": 1.0}, "p_end": {"low": 0.0, "high": 1.0}},
+        },
+        "rho": {"low": 0.01, "high": 0.2, "log": True},
+        **extra,
+    }
 
 
 def _ray_finals(run_dir):
@@ -33,17 +38,29 @@ def _study(run_dir, name):
 
 
 def test_pareto_search_front_matches_one_computed_from_ray_results(local_ray, tmp_path, capsys):
-    values = {"name": "e2e", "train": {"epochs": 2, "batch_size": 128, "device": "cpu"}, "space": _space(),
-              "num_samples": 5, "max_concurrent": 2, "seed": 3}
+    values = {
+        "name": "e2e",
+        "train": {"epochs": 2, "batch_size": 128, "device": "cpu"},
+        "space": _space(),
+        "num_samples": 5,
+        "max_concurrent": 2,
+        "seed": 3,
+    }
     lines = []
     report = run_search(values, parse_spec(values), tmp_path / "e2e", out=lines.append)
     trials = _ray_finals(tmp_path / "e2e")
     assert len(trials) == 5 and all(t.status == "TERMINATED" for t in trials.values())
     finals = {tid: t.last_result for tid, t in trials.items()}
-    by_hand = {tid for tid, r in finals.items()
-               if not any(o["val_accuracy"] >= r["val_accuracy"] and o["propagations"] <= r["propagations"]
-                          and (o["val_accuracy"], o["propagations"]) != (r["val_accuracy"], r["propagations"])
-                          for o in finals.values())}
+    by_hand = {
+        tid
+        for tid, r in finals.items()
+        if not any(
+            o["val_accuracy"] >= r["val_accuracy"]
+            and o["propagations"] <= r["propagations"]
+            and (o["val_accuracy"], o["propagations"]) != (r["val_accuracy"], r["propagations"])
+            for o in finals.values()
+        )
+    }
     saved = json.loads((tmp_path / "e2e" / "pareto.json").read_text())
     assert {row["ray_trial_id"] for row in saved["front"]} == by_hand
     for row in saved["front"]:
@@ -53,7 +70,9 @@ def test_pareto_search_front_matches_one_computed_from_ray_results(local_ray, tm
     steps = finals[next(iter(by_hand))]["propagations"] / finals[next(iter(by_hand))]["cost_ratio"]
     reference = 2 * steps
     front = sorted((finals[t]["val_accuracy"], finals[t]["propagations"]) for t in by_hand)
-    area = sum((a - below) * (reference - c) for (a, c), below in zip(front, [0.0] + [a for a, _ in front[:-1]]))
+    area = sum(
+        (a - below) * (reference - c) for (a, c), below in zip(front, [0.0] + [a for a, _ in front[:-1]])
+    )
     assert saved["reference_point"] == {"val_accuracy": 0.0, "propagations": round(reference)}
     assert saved["hypervolume"] == pytest.approx(area / reference, rel=1e-12)
     # baselines first, with their exact costs; each trial's seed derives from the search seed and trial
@@ -64,7 +83,10 @@ def test_pareto_search_front_matches_one_computed_from_ray_results(local_ray, tm
         assert t.state == TrialState.COMPLETE
         config = trials[t.user_attrs["ray_trial_id"]].config
         assert config["train"]["seed"] == t.user_attrs["seed"] == trial_seed(3, t.number)
-        assert t.values == [finals[t.user_attrs["ray_trial_id"]]["val_accuracy"], finals[t.user_attrs["ray_trial_id"]]["propagations"]]
+        assert t.values == [
+            finals[t.user_attrs["ray_trial_id"]]["val_accuracy"],
+            finals[t.user_attrs["ray_trial_id"]]["propagations"],
+        ]
     assert len(report.front) == len(by_hand)
     assert main(["pareto", str(tmp_path / "e2e"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == saved
@@ -74,18 +96,26 @@ def test_pareto_search_front_matches_one_computed_from_ray_results(local_ray, tm
 
 
 def test_stopped_and_diverged_trials_are_pruned_and_failed_and_the_search_goes_on(local_ray, tmp_path):
-    values = {"name": "states", "train": {"epochs": 3, "batch_size": 128, "device": "cpu"},
-              "space": _space(lr=dict(choices=[0.05, 1.0e-5, 1.0e+6])),
-              "points_to_evaluate": [{"schedule": {"name": "constant", "params": {"p": 0.5}}, "lr": 1.0e-5},
-                                     {"schedule": {"name": "constant", "params": {"p": 0.5}}, "lr": 1.0e+6}],
-              "early_stopping": {"rule": "pareto_fair", "grace_epochs": 1},
-              "num_samples": 5, "max_concurrent": 2}
+    values = {
+        "name": "states",
+        "train": {"epochs": 3, "batch_size": 128, "device": "cpu"},
+        "space": _space(lr=dict(choices=[0.05, 1.0e-5, 1.0e6])),
+        "points_to_evaluate": [
+            {"schedule": {"name": "constant", "params": {"p": 0.5}}, "lr": 1.0e-5},
+            {"schedule": {"name": "constant", "params": {"p": 0.5}}, "lr": 1.0e6},
+        ],
+        "early_stopping": {"rule": "pareto_fair", "grace_epochs": 1},
+        "num_samples": 5,
+        "max_concurrent": 2,
+    }
     report = run_search(values, parse_spec(values), tmp_path / "states", out=lambda line: None)
     study = _study(tmp_path / "states", "states")
     trials = _ray_finals(tmp_path / "states")
     by_lr = {t.params.get("lr"): t for t in study.trials[2:4]}
-    slow, diverged = by_lr[1.0e-5], by_lr[1.0e+6]
-    assert slow.state == TrialState.PRUNED and slow.user_attrs["state_reason"].startswith("stopped early by the scheduler after epoch 1")
+    slow, diverged = by_lr[1.0e-5], by_lr[1.0e6]
+    assert slow.state == TrialState.PRUNED and slow.user_attrs["state_reason"].startswith(
+        "stopped early by the scheduler after epoch 1"
+    )
     assert trials[slow.user_attrs["ray_trial_id"]].last_result["epoch"] == 1
     assert diverged.state == TrialState.FAIL
     assert diverged.user_attrs["state_reason"].startswith("diverged: train_loss is nan at epoch 1")
@@ -93,17 +123,30 @@ def test_stopped_and_diverged_trials_are_pruned_and_failed_and_the_search_goes_o
     assert len(study.trials) == 5 and not [t for t in study.trials if t.state == TrialState.RUNNING]
     assert study.trials[4].state.is_finished()  # the search went on after both
     front_ids = {row.ray_trial_id for row in report.front}
-    assert front_ids and all(study.trials[n].state == TrialState.COMPLETE for n in [r.number for r in report.front])
-    assert slow.user_attrs["ray_trial_id"] not in front_ids and diverged.user_attrs["ray_trial_id"] not in front_ids
+    assert front_ids and all(
+        study.trials[n].state == TrialState.COMPLETE for n in [r.number for r in report.front]
+    )
+    assert (
+        slow.user_attrs["ray_trial_id"] not in front_ids
+        and diverged.user_attrs["ray_trial_id"] not in front_ids
+    )
     for t in study.trials:
         if t.state == TrialState.PRUNED:
             assert t.user_attrs["epoch"] < 3
 
 
 def test_budget_search_trains_nothing_over_budget(local_ray, tmp_path):
-    values = {"name": "budget", "train": {"epochs": 1, "batch_size": 128, "device": "cpu"}, "space": _space(),
-              "objective": "accuracy_under_budget", "budget": 1.3, "baselines": False, "num_samples": 3,
-              "sampler": {"name": "random"}, "seed": 5}
+    values = {
+        "name": "budget",
+        "train": {"epochs": 1, "batch_size": 128, "device": "cpu"},
+        "space": _space(),
+        "objective": "accuracy_under_budget",
+        "budget": 1.3,
+        "baselines": False,
+        "num_samples": 3,
+        "sampler": {"name": "random"},
+        "seed": 5,
+    }
     run_search(values, parse_spec(values), tmp_path / "budget", out=lambda line: None)
     trials = _ray_finals(tmp_path / "budget")
     assert len(trials) == 3
@@ -115,12 +158,22 @@ def test_budget_search_trains_nothing_over_budget(local_ray, tmp_path):
 
 
 def test_resume_after_sigkill_keeps_exactly_num_samples_trials(tmp_path):
-    space = {"name": "resume", "train": {"epochs": 4, "batch_size": 128, "device": "cpu"}, "space": _space(),
-             "num_samples": 6, "max_concurrent": 2, "seed": 11}
+    space = {
+        "name": "resume",
+        "train": {"epochs": 4, "batch_size": 128, "device": "cpu"},
+        "space": _space(),
+        "num_samples": 6,
+        "max_concurrent": 2,
+        "seed": 11,
+    }
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     run_dir = tmp_path / "runs" / "resume"
-    kill_mid_run(rst_tune_process("search", "--space", str(tmp_path / "space.yaml"), "--results-dir", str(tmp_path / "runs")),
-                 run_dir / "optuna.db")
+    kill_mid_run(
+        rst_tune_process(
+            "search", "--space", str(tmp_path / "space.yaml"), "--results-dir", str(tmp_path / "runs")
+        ),
+        run_dir / "optuna.db",
+    )
     at_kill = [t.state for t in _study(run_dir, "resume").trials]
     assert 2 <= at_kill.count(TrialState.COMPLETE) < 6 and TrialState.RUNNING in at_kill  # killed mid-trial
 
@@ -147,5 +200,9 @@ def test_resume_after_sigkill_keeps_exactly_num_samples_trials(tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(int(r.data.tags["rst.optuna_trial"]) for r in children) == list(range(6))
     assert all(r.info.status == "FINISHED" for r in children)
+    front = {row["number"] for row in saved["front"]}  # tagged by the tracker Ray restored, too
+    assert {
+        int(r.data.tags["rst.optuna_trial"]) for r in children if r.data.tags["rst.pareto"] == "true"
+    } == front
     for run in children:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3, 4]

@@ -10,15 +10,23 @@ from rst_tune.config import ConfigError
 from rst_tune.search import load_spec, parse_spec
 from rst_tune.search.space import DefineByRun, optuna_params, points_to_evaluate, trial_seed
 
-SPACES = sorted(p for p in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml") if not p.stem.startswith("study_"))
+SPACES = sorted(
+    p
+    for p in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml")
+    if not p.stem.startswith("study_")
+)
 GOOD = {
     "train": {"epochs": 2},
-    "space": {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}},
-                           "step": {"p_early": {"low": 0, "high": 1}, "p_late": 1.0, "switch": {"low": 0.1, "high": 0.9}}},
-              "rho": {"low": 0.01, "high": 0.5, "log": True},
-              "grst_weight": {"low": 0.05, "high": 1.0, "log": True, "optional": True},
-              "batch_size": {"low": 32, "high": 128, "step": 32, "type": "int"},
-              "adaptive": {"choices": [False, True]}},
+    "space": {
+        "schedule": {
+            "constant": {"p": {"low": 0.0, "high": 1.0}},
+            "step": {"p_early": {"low": 0, "high": 1}, "p_late": 1.0, "switch": {"low": 0.1, "high": 0.9}},
+        },
+        "rho": {"low": 0.01, "high": 0.5, "log": True},
+        "grst_weight": {"low": 0.05, "high": 1.0, "log": True, "optional": True},
+        "batch_size": {"low": 32, "high": 128, "step": 32, "type": "int"},
+        "adaptive": {"choices": [False, True]},
+    },
 }
 
 
@@ -35,7 +43,16 @@ def test_shipped_spaces_load_and_have_baselines():
 def test_paper_six_groups_evaluates_each_group_once():
     _, spec = load_spec(SPACES[[p.stem for p in SPACES].index("paper_six_groups")])
     families = [point["schedule"] for point in points_to_evaluate(spec)]
-    assert families == ["constant", "constant", "constant", "step_up", "step_down", "two_level", "linear_mean", "linear_mirror"]
+    assert families == [
+        "constant",
+        "constant",
+        "constant",
+        "step_up",
+        "step_down",
+        "two_level",
+        "linear_mean",
+        "linear_mirror",
+    ]
     assert spec.num_samples == len(families)
 
 
@@ -50,37 +67,66 @@ def _error(values, tmp_path=None) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"num_sample": 3}, "num_sample: unknown key"),
-    ({"num_samples": "many"}, "num_samples: Input should be a valid integer"),
-    ({"num_samples": 0}, "num_samples: Input should be greater than or equal to 1"),
-    ({"objective": "speed"}, "objective: Input should be 'pareto', 'acc_per_prop' or 'accuracy_under_budget'"),
-    ({"sampler": {"name": "cmaes"}}, "sampler.name: Input should be 'tpe', 'nsga2', 'gp' or 'random'"),
-    ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than or equal to 1"),
-    ({"train": {"learning_rate": 0.1}}, "train.learning_rate: unknown key"),
-    ({"space": {"rh0": {"low": 0.01, "high": 0.1}}}, "space.rh0: unknown key"),
-    ({"space": {"rho": {"low": 0.5, "high": 0.1}}}, "space.rho: low (0.5) must be below high (0.1)"),
-    ({"space": {"rho": {"low": 0.0, "high": 0.1, "log": True}}}, "space.rho: log scale needs low > 0"),
-    ({"space": {"rho": {"low": -0.1, "high": 0.1}}}, "space.rho: value -0.1 is not a valid setting (rho: Input should be greater than or equal to 0"),
-    ({"space": {"rho": {"lo": 0.01, "high": 0.1}}}, "space.rho.lo: unknown key"),
-    ({"space": {"rho": 0.05}}, "space.rho: expected a dimension (low/high or choices), got 0.05"),
-    ({"space": {"schedule": {"zigzag": {"p": 0.5}}}}, "space.schedule.zigzag: unknown schedule 'zigzag'"),
-    ({"space": {"schedule": {"constant": {}}}, "baselines": False}, "space.schedule.constant.p: missing"),
-    ({"space": {"schedule": {"constant": {"p": 0.5, "q": 1}}}}, "space.schedule.constant.q: unknown parameter"),
-    ({"space": {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.5}}}}}, "space.schedule.constant.p: schedule 'constant': parameter p=1.5 must be a number in [0, 1]"),
-    ({"space": {"schedule": {"step_up": {"switch": 0.5}}}}, "baselines: SGD and SAM baselines need the constant schedule family"),
-    ({"space": {"schedule": {"constant": {"p": {"low": 0.2, "high": 1.0}}}}}, "baselines.0.schedule.params.p: 0.0 is outside the searched range"),
-    ({"objective": "accuracy_under_budget"}, "budget: accuracy_under_budget needs a budget"),
-    ({"objective": "accuracy_under_budget", "budget": 2.5}, "budget: Input should be less than or equal to 2"),
-    ({"budget": 1.5}, "budget: only used by objective accuracy_under_budget, not pareto"),
-    ({"early_stopping": {"rule": "asha"}}, "early_stopping.rule: asha needs a scalar objective"),
-    ({"points_to_evaluate": [{"momentum": 0.5}]}, "points_to_evaluate.0.momentum: not a searched key"),
-    ({"points_to_evaluate": [{"rho": 0.9}]}, "points_to_evaluate.0.rho: 0.9 is outside the searched range"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_sample": 3}, "num_sample: unknown key"),
+        ({"num_samples": "many"}, "num_samples: Input should be a valid integer"),
+        ({"num_samples": 0}, "num_samples: Input should be greater than or equal to 1"),
+        (
+            {"objective": "speed"},
+            "objective: Input should be 'pareto', 'acc_per_prop' or 'accuracy_under_budget'",
+        ),
+        ({"sampler": {"name": "cmaes"}}, "sampler.name: Input should be 'tpe', 'nsga2', 'gp' or 'random'"),
+        ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than or equal to 1"),
+        ({"train": {"learning_rate": 0.1}}, "train.learning_rate: unknown key"),
+        ({"space": {"rh0": {"low": 0.01, "high": 0.1}}}, "space.rh0: unknown key"),
+        ({"space": {"rho": {"low": 0.5, "high": 0.1}}}, "space.rho: low (0.5) must be below high (0.1)"),
+        ({"space": {"rho": {"low": 0.0, "high": 0.1, "log": True}}}, "space.rho: log scale needs low > 0"),
+        (
+            {"space": {"rho": {"low": -0.1, "high": 0.1}}},
+            "space.rho: value -0.1 is not a valid setting (rho: Input should be greater than or equal to 0",
+        ),
+        ({"space": {"rho": {"lo": 0.01, "high": 0.1}}}, "space.rho.lo: unknown key"),
+        ({"space": {"rho": 0.05}}, "space.rho: expected a dimension (low/high or choices), got 0.05"),
+        ({"space": {"schedule": {"zigzag": {"p": 0.5}}}}, "space.schedule.zigzag: unknown schedule 'zigzag'"),
+        ({"space": {"schedule": {"constant": {}}}, "baselines": False}, "space.schedule.constant.p: missing"),
+        (
+            {"space": {"schedule": {"constant": {"p": 0.5, "q": 1}}}},
+            "space.schedule.constant.q: unknown parameter",
+        ),
+        (
+            {"space": {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.5}}}}},
+            "space.schedule.constant.p: schedule 'constant': parameter p=1.5 must be a number in [0, 1]",
+        ),
+        (
+            {"space": {"schedule": {"step_up": {"switch": 0.5}}}},
+            "baselines: SGD and SAM baselines need the constant schedule family",
+        ),
+        (
+            {"space": {"schedule": {"constant": {"p": {"low": 0.2, "high": 1.0}}}}},
+            "baselines.0.schedule.params.p: 0.0 is outside the searched range",
+        ),
+        ({"objective": "accuracy_under_budget"}, "budget: accuracy_under_budget needs a budget"),
+        (
+            {"objective": "accuracy_under_budget", "budget": 2.5},
+            "budget: Input should be less than or equal to 2",
+        ),
+        ({"budget": 1.5}, "budget: only used by objective accuracy_under_budget, not pareto"),
+        ({"early_stopping": {"rule": "asha"}}, "early_stopping.rule: asha needs a scalar objective"),
+        ({"points_to_evaluate": [{"momentum": 0.5}]}, "points_to_evaluate.0.momentum: not a searched key"),
+        (
+            {"points_to_evaluate": [{"rho": 0.9}]},
+            "points_to_evaluate.0.rho: 0.9 is outside the searched range",
+        ),
+    ],
+)
 def test_each_class_of_bad_input_names_its_key(change, message):
     values = {**GOOD, **change}
     if "space" in change:
-        values["space"] = {**GOOD["space"], **change["space"]} if "schedule" not in change["space"] else change["space"]
+        values["space"] = (
+            {**GOOD["space"], **change["space"]} if "schedule" not in change["space"] else change["space"]
+        )
     with pytest.raises(ConfigError) as info:
         spec = parse_spec(values)
         points_to_evaluate(spec)
@@ -100,13 +146,15 @@ def test_errors_give_the_file_line(tmp_path):
 def test_define_by_run_compiles_every_kind_of_dimension(tmp_path):
     spec = parse_spec(GOOD)
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study.db")
-    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=3))
+    study = optuna.create_study(
+        storage=storage, directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=3)
+    )
     for point in points_to_evaluate(spec):
         study.enqueue_trial(point)
     configs = []
     for _ in range(30):
         trial = study.ask()
-        configs.append((trial, DefineByRun(spec)(trial)))
+        configs.append((trial, DefineByRun(spec)(trial).to_config()))
     (_, sgd), (_, sam) = configs[:2]
     assert sgd["baseline"] == "SGD" and sgd["expected_cost"] == 1.0 and sgd["train"]["grst_weight"] is None
     assert sam["baseline"] == "SAM" and sam["expected_cost"] == 2.0 and sam["train"]["rho"] == 0.05
@@ -119,12 +167,38 @@ def test_define_by_run_compiles_every_kind_of_dimension(tmp_path):
         schedule = train["schedule"]
         if schedule["name"] == "step":
             assert schedule["params"]["p_late"] == 1.0 and 0.1 <= schedule["params"]["switch"] <= 0.9
-            expected = schedule["params"]["switch"] * schedule["params"]["p_early"] + (1 - schedule["params"]["switch"])
+            expected = schedule["params"]["switch"] * schedule["params"]["p_early"] + (
+                1 - schedule["params"]["switch"]
+            )
             assert config["expected_cost"] == pytest.approx(1 + expected, abs=1e-12)
     assert {c["train"]["schedule"]["name"] for _, c in configs} == {"constant", "step"}
     assert {c["train"]["adaptive"] for _, c in configs} == {False, True}
     assert len({c["train"]["seed"] for _, c in configs}) == len(configs)
     # a point given as training settings round-trips through Optuna's parameter names
-    point = {"schedule": {"name": "step", "params": {"p_early": 0.3, "p_late": 1.0, "switch": 0.5}}, "grst_weight": 0.2}
-    assert optuna_params(spec, point) == {"schedule": "step", "schedule.step.p_early": 0.3,
-                                          "schedule.step.switch": 0.5, "grst_weight.on": True, "grst_weight": 0.2}
+    point = {
+        "schedule": {"name": "step", "params": {"p_early": 0.3, "p_late": 1.0, "switch": 0.5}},
+        "grst_weight": 0.2,
+    }
+    assert optuna_params(spec, point) == {
+        "schedule": "step",
+        "schedule.step.p_early": 0.3,
+        "schedule.step.switch": 0.5,
+        "grst_weight.on": True,
+        "grst_weight": 0.2,
+    }
+
+
+def test_an_error_carries_each_problem_with_its_key_and_line(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("name: x\ntrain:\n  epochs: 0\n  lr: -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_spec(path)
+    problems = [(p.key, p.line, p.source) for p in info.value.problems]
+    assert problems == [(("train", "epochs"), 3, str(path)), (("train", "lr"), 4, str(path))]
+    assert str(info.value) == "; ".join(
+        f"{path}:{line}: train.{key}: {message}"
+        for line, key, message in [
+            (3, "epochs", "Input should be greater than or equal to 1 (got 0)"),
+            (4, "lr", "Input should be greater than 0 (got -1)"),
+        ]
+    )

@@ -12,7 +12,6 @@ from rst_tune.schedules import make_schedule
 from rst_tune.sharpness import RandomizedSAM
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     previous = torch.get_default_dtype()
@@ -80,7 +79,9 @@ def test_asam_outcome_matches_closed_form():
 def test_grst_outcome_matches_closed_form(p, weight, alpha_max, alpha):
     """α = λ_G / p inside the clip, and α = alpha_max at it (0.9 / 0.2 = 4.5 > 2)."""
     rho = 0.1
-    w, opt, closure = quadratic(schedule=make_schedule("constant", p=p), rho=rho, grst_weight=weight, alpha_max=alpha_max)
+    w, opt, closure = quadratic(
+        schedule=make_schedule("constant", p=p), rho=rho, grst_weight=weight, alpha_max=alpha_max
+    )
     before, after = sam_step_until(opt, closure, w)
     g1 = A @ before
     g2 = A @ (before + rho * g1 / np.linalg.norm(g1))
@@ -108,6 +109,7 @@ def test_perturbation_has_norm_rho_and_restore_is_exact():
 
 
 # ---------- degeneracies on a small network ----------
+
 
 def net():
     torch.manual_seed(0)
@@ -187,7 +189,9 @@ def test_p_one_matches_reference_sam():
 
 def trajectory(grst_weight, zero_grad_in_closure=False):
     model = net()
-    opt = RandomizedSAM(sgd(model), make_schedule("constant", p=0.3), 20, model=model, grst_weight=grst_weight, seed=7)
+    opt = RandomizedSAM(
+        sgd(model), make_schedule("constant", p=0.3), 20, model=model, grst_weight=grst_weight, seed=7
+    )
     coins = []
     for x, y in batches():
         opt.step(closure_for(model, x, y, opt.zero_grad if zero_grad_in_closure else None))
@@ -211,6 +215,7 @@ def test_closure_that_zeroes_gradients_itself_gives_the_same_steps():
 
 
 # ---------- the coin ----------
+
 
 def coin_run(schedule, steps, seed=0, disturb=False, opt=None):
     w = nn.Parameter(torch.zeros(1))
@@ -262,7 +267,11 @@ def test_state_dict_round_trip_continues_the_same_sequence():
     w = nn.Parameter(torch.zeros(1))
     fresh = RandomizedSAM(torch.optim.SGD([w], lr=0.0), schedule, 50, seed=99)
     fresh.load_state_dict(state)
-    assert (fresh.steps, fresh.sam_steps, fresh.propagations) == (state["steps"], state["sam_steps"], state["propagations"])
+    assert (fresh.steps, fresh.sam_steps, fresh.propagations) == (
+        state["steps"],
+        state["sam_steps"],
+        state["propagations"],
+    )
     resumed, _ = coin_run(schedule, 50, opt=fresh)
     assert resumed == straight
 
@@ -290,7 +299,7 @@ def test_accounting_counts_every_closure_call():
         def counted():
             nonlocal calls
             calls += 1
-            return inner()
+            return inner()  # noqa: B023 (called within this iteration)
 
         opt.step(counted)
     assert opt.steps == 20
@@ -300,6 +309,7 @@ def test_accounting_counts_every_closure_call():
 
 
 # ---------- BatchNorm ----------
+
 
 def test_batchnorm_statistics_come_from_the_clean_pass_only():
     model = net()
@@ -335,6 +345,7 @@ def test_batchnorm_tracking_is_restored_when_the_closure_raises():
 
 # ---------- clipping and loss scaling ----------
 
+
 def test_gradient_clipping_bounds_the_update():
     w = nn.Parameter(torch.tensor(W0))
     opt = RandomizedSAM(torch.optim.SGD([w], lr=1.0), make_schedule("constant", p=0.0), 5, max_grad_norm=0.5)
@@ -353,7 +364,9 @@ def test_grad_scaler_gives_the_unscaled_sam_update_and_skips_overflow():
     rho = 0.2
     w = nn.Parameter(torch.tensor(W0))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    opt = RandomizedSAM(torch.optim.SGD([w], lr=0.1), make_schedule("constant", p=1.0), 5, rho=rho, grad_scaler=scaler)
+    opt = RandomizedSAM(
+        torch.optim.SGD([w], lr=0.1), make_schedule("constant", p=1.0), 5, rho=rho, grad_scaler=scaler
+    )
     a = torch.tensor(A)
     poison = False
 
@@ -375,6 +388,7 @@ def test_grad_scaler_gives_the_unscaled_sam_update_and_skips_overflow():
 
 # ---------- bad input ----------
 
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -388,7 +402,9 @@ def test_bad_arguments_raise_naming_them(kwargs, match):
     w = nn.Parameter(torch.zeros(1))
     args = {"total_steps": 10} | kwargs
     with pytest.raises(ValueError, match=match):
-        RandomizedSAM(torch.optim.SGD([w], lr=0.1), make_schedule("constant", p=0.5), args.pop("total_steps"), **args)
+        RandomizedSAM(
+            torch.optim.SGD([w], lr=0.1), make_schedule("constant", p=0.5), args.pop("total_steps"), **args
+        )
 
 
 def test_schedule_value_outside_unit_interval_is_an_error():

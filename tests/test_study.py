@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import kill_mid_run, optuna_states, rst_tune_process
 from mlflow import MlflowClient
 from ray.tune import ExperimentAnalysis
 from scipy import stats as scipy_stats
@@ -18,8 +19,6 @@ from rst_tune.search import load_spec
 from rst_tune.study import load_study, parse_study
 from rst_tune.study.runner import StudyPlan
 from rst_tune.study.stats import spread, welch
-
-from conftest import kill_mid_run, optuna_states, rst_tune_process
 
 SPACES = Path(__file__).parent.parent / "search_spaces"
 SGD = {"label": "SGD", "schedule": {"name": "constant", "params": {"p": 0.0}}}
@@ -52,10 +51,13 @@ def test_label_noise_study_has_the_configurations_the_issue_asks_for():
     assert len({c.grst_weight for c in configs if c.grst_weight is not None}) >= 2
 
 
-@pytest.mark.parametrize("train, message", [
-    ("{lr: -1}", "train.lr: Input should be greater than 0 (got -1)"),
-    ("{lr: 0.1, colour: red}", "train.colour: unknown key"),
-])
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ("{lr: -1}", "train.lr: Input should be greater than 0 (got -1)"),
+        ("{lr: 0.1, colour: red}", "train.colour: unknown key"),
+    ],
+)
 def test_a_bad_train_section_reads_the_same_in_a_study_and_a_search(tmp_path, train, message):
     study, search = tmp_path / "study.yaml", tmp_path / "search.yaml"
     study.write_text(f"name: s\ntrain: {train}\nconfigurations:\n  - {{label: SGD}}\n")
@@ -64,19 +66,46 @@ def test_a_bad_train_section_reads_the_same_in_a_study_and_a_search(tmp_path, tr
     assert _error(search, load_spec) == f"{search}:2: {message}"
 
 
-@pytest.mark.parametrize("body, message", [
-    ("configurations:\n  - {label: a}\n  - {label: b, grst_wieght: 0.5}\n", "4: configurations.1.grst_wieght: unknown key"),
-    ("configurations:\n  - {rho: -1}\n", "3: configurations.0.rho: Input should be greater than or equal to 0 (got -1)"),
-    ("configurations:\n  - {schedule: {name: cosin}}\n", "3: configurations.0.schedule: unknown schedule 'cosin'"),
-    ("configurations:\n  - {label: a}\n  - {label: a, rho: 0.1}\n", "4: configurations.1.label: 'a' is already configuration 0's label"),
-    ("configurations:\n  - {label: a, seed: 3}\n", "3: configurations.0.seed: a study's seeds are `seed` + 0"),
-    ("configurations:\n  - {label: a, epochs: 3}\n", "3: configurations.0.epochs: every configuration trains train.epochs"),
-    ("train: {seed: 4}\nconfigurations:\n  - {label: a}\n", "2: train.seed: a study's seeds are `seed` + 0"),
-    ("configurations:\n  - 0.5\n", "3: configurations.0: Input should be a valid dictionary"),
-    ("configurations: []\n", "2: configurations: List should have at least 1 item"),
-    ("seeds: 1\nconfigurations:\n  - {label: a}\n", "2: seeds: Input should be greater than or equal to 2 (got 1)"),
-    ("configurations:\n  - {label: a}\nsampler: {name: tpe}\n", "4: sampler: unknown key"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            "configurations:\n  - {label: a}\n  - {label: b, grst_wieght: 0.5}\n",
+            "4: configurations.1.grst_wieght: unknown key",
+        ),
+        (
+            "configurations:\n  - {rho: -1}\n",
+            "3: configurations.0.rho: Input should be greater than or equal to 0 (got -1)",
+        ),
+        (
+            "configurations:\n  - {schedule: {name: cosin}}\n",
+            "3: configurations.0.schedule: unknown schedule 'cosin'",
+        ),
+        (
+            "configurations:\n  - {label: a}\n  - {label: a, rho: 0.1}\n",
+            "4: configurations.1.label: 'a' is already configuration 0's label",
+        ),
+        (
+            "configurations:\n  - {label: a, seed: 3}\n",
+            "3: configurations.0.seed: a study's seeds are `seed` + 0",
+        ),
+        (
+            "configurations:\n  - {label: a, epochs: 3}\n",
+            "3: configurations.0.epochs: every configuration trains train.epochs",
+        ),
+        (
+            "train: {seed: 4}\nconfigurations:\n  - {label: a}\n",
+            "2: train.seed: a study's seeds are `seed` + 0",
+        ),
+        ("configurations:\n  - 0.5\n", "3: configurations.0: Input should be a valid dictionary"),
+        ("configurations: []\n", "2: configurations: List should have at least 1 item"),
+        (
+            "seeds: 1\nconfigurations:\n  - {label: a}\n",
+            "2: seeds: Input should be greater than or equal to 2 (got 1)",
+        ),
+        ("configurations:\n  - {label: a}\nsampler: {name: tpe}\n", "4: sampler: unknown key"),
+    ],
+)
 def test_a_bad_study_file_names_its_key_and_line(tmp_path, body, message):
     path = tmp_path / "bad.yaml"
     path.write_text("name: bad\n" + body)
@@ -88,7 +117,10 @@ def test_a_bad_study_file_exits_2_with_one_line_and_starts_nothing(tmp_path, cap
     path.write_text("name: bad\nconfigurations:\n  - {label: a, rho: -1}\n")
     assert main(["study", str(path), "--results-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
-    assert err == f"rst-tune: error: {path}:3: configurations.0.rho: Input should be greater than or equal to 0 (got -1)\n"
+    assert (
+        err == f"rst-tune: error: {path}:3: configurations.0.rho: "
+        "Input should be greater than or equal to 0 (got -1)\n"
+    )
     assert not (tmp_path / "runs").exists()
     assert main(["study", "no_such_study"]) == 2
     assert "FILE no_such_study: no such file (shipped: " in capsys.readouterr().err
@@ -103,9 +135,10 @@ def test_the_plan_runs_every_configuration_once_per_seed_first_seeds_first():
         def __init__(self, number):
             self.number = number
 
-    plan = [StudyPlan(spec)(Trial(n)) for n in range(spec.num_samples)]
+    plan = [StudyPlan(spec)(Trial(n)).to_config() for n in range(spec.num_samples)]
     assert [(p["configuration"], p["train"]["seed"]) for p in plan] == [
-        (label, seed) for seed in (10, 11, 12) for label in ("SGD", "SAM", "constant(p=0.5), rho 0.1")]
+        (label, seed) for seed in (10, 11, 12) for label in ("SGD", "SAM", "constant(p=0.5), rho 0.1")
+    ]
     assert [p["baseline"] for p in plan[:3]] == ["SGD", "SAM", None]
     assert [p["expected_cost"] for p in plan[:3]] == [1.0, 2.0, 1.5]
     with pytest.raises(RuntimeError, match="beyond the study's 9 trials"):
@@ -117,8 +150,13 @@ def test_spread_and_welch_match_closed_form_float64():
     mean = math.fsum(a) / len(a)
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in a) / (len(a) - 1))
     result = spread(a)
-    assert (result.n, result.mean, result.sd) == (5, pytest.approx(mean, abs=1e-15), pytest.approx(sd, rel=1e-13))
-    assert result.ci_high - mean == pytest.approx(2.7764451051977987 * sd / math.sqrt(5), rel=1e-12)  # t(0.975, 4)
+    assert (result.n, result.mean, result.sd) == (
+        5,
+        pytest.approx(mean, abs=1e-15),
+        pytest.approx(sd, rel=1e-13),
+    )
+    t_975_4 = 2.7764451051977987  # t(0.975, 4)
+    assert result.ci_high - mean == pytest.approx(t_975_4 * sd / math.sqrt(5), rel=1e-12)
     va, vb = sd**2 / len(a), statistics.variance(b) / len(b)
     t = (mean - statistics.fmean(b)) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
@@ -126,8 +164,10 @@ def test_spread_and_welch_match_closed_form_float64():
     assert comparison.difference == pytest.approx(mean - statistics.fmean(b), abs=1e-15)
     assert comparison.p_value == pytest.approx(2 * scipy_stats.t.sf(abs(t), df), rel=1e-10)
     half = scipy_stats.t.ppf(0.975, df) * math.sqrt(va + vb)
-    assert (comparison.ci_low, comparison.ci_high) == (pytest.approx(comparison.difference - half, rel=1e-10),
-                                                       pytest.approx(comparison.difference + half, rel=1e-10))
+    assert (comparison.ci_low, comparison.ci_high) == (
+        pytest.approx(comparison.difference - half, rel=1e-10),
+        pytest.approx(comparison.difference + half, rel=1e-10),
+    )
     assert math.isnan(spread([0.5]).sd) and math.isnan(welch([0.5], b).p_value)
 
 
@@ -140,12 +180,34 @@ def _ray_results(run_dir: Path) -> dict[str, list[dict]]:
     return by_configuration
 
 
-def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(local_ray, tmp_path, mlflow_server, capsys):
+def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(
+    local_ray, tmp_path, mlflow_server, capsys
+):
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"name": "tiny", "train": {"epochs": 3, "batch_size": 64, "device": "cpu"},
-                                    "configurations": [SGD, SAM], "seeds": 3}))
-    code = main(["study", str(path), "--seeds", "2", "--epochs", "1", "--results-dir", str(tmp_path / "runs"),
-                 "--tracking-uri", mlflow_server.url])
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "train": {"epochs": 3, "batch_size": 64, "device": "cpu"},
+                "configurations": [SGD, SAM],
+                "seeds": 3,
+            }
+        )
+    )
+    code = main(
+        [
+            "study",
+            str(path),
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--results-dir",
+            str(tmp_path / "runs"),
+            "--tracking-uri",
+            mlflow_server.url,
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     run_dir = tmp_path / "runs" / "tiny"
@@ -166,7 +228,9 @@ def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(local_r
         assert float(row["cost_ratio_mean"]) == pytest.approx(statistics.fmean(costs), abs=1e-12)
     sam, sgd = accuracy["SAM"], accuracy["SGD"]
     expected = scipy_stats.ttest_ind(sam, sgd, equal_var=False)
-    assert float(rows["SAM"]["difference_vs_SGD"]) == pytest.approx(statistics.fmean(sam) - statistics.fmean(sgd), abs=1e-12)
+    assert float(rows["SAM"]["difference_vs_SGD"]) == pytest.approx(
+        statistics.fmean(sam) - statistics.fmean(sgd), abs=1e-12
+    )
     if math.isnan(expected.pvalue):
         assert rows["SAM"]["p_value_vs_SGD"] == "nan"
     else:
@@ -174,7 +238,10 @@ def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(local_r
     assert float(rows["SGD"]["cost_ratio_mean"]) == 1.0 and float(rows["SAM"]["cost_ratio_mean"]) == 2.0
     table = (run_dir / "study.md").read_text()
     assert table.split("\n", 2)[2] in printed  # the printed table is the Markdown one
-    assert f"{statistics.fmean(sam):.2%}".replace("%", "") in table and (run_dir / "study.png").stat().st_size > 10_000
+    assert (
+        f"{statistics.fmean(sam):.2%}".replace("%", "") in table
+        and (run_dir / "study.png").stat().st_size > 10_000
+    )
 
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("tiny")
@@ -185,7 +252,8 @@ def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(local_r
     parent = parents[0]
     assert parent.data.tags["rst.kind"] == "study" and parent.info.status == "FINISHED"
     assert {"study.yaml", "resolved_study.json", "study.md", "study.csv", "study.json", "study.png"} <= {
-        a.path for a in client.list_artifacts(parent.info.run_id)}
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
     logged = {(c.data.tags["rst.configuration"], c.data.params["seed"]): c for c in children}
     assert set(logged) == {(name, seed) for name in ("SGD", "SAM") for seed in ("0", "1")}
     for name, results_of in results.items():
@@ -197,10 +265,21 @@ def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(local_r
 
 def test_study_resumed_after_sigkill_trains_every_configuration_seed_pair_once(tmp_path):
     path = tmp_path / "resume.yaml"
-    path.write_text(yaml.safe_dump({"name": "resume", "train": {"epochs": 4, "batch_size": 128, "device": "cpu"},
-                                    "configurations": [SGD, SAM], "seeds": 3, "seed": 5}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "resume",
+                "train": {"epochs": 4, "batch_size": 128, "device": "cpu"},
+                "configurations": [SGD, SAM],
+                "seeds": 3,
+                "seed": 5,
+            }
+        )
+    )
     run_dir = tmp_path / "runs" / "resume"
-    kill_mid_run(rst_tune_process("study", str(path), "--results-dir", str(tmp_path / "runs")), run_dir / "optuna.db")
+    kill_mid_run(
+        rst_tune_process("study", str(path), "--results-dir", str(tmp_path / "runs")), run_dir / "optuna.db"
+    )
     assert 2 <= optuna_states(run_dir / "optuna.db").count("COMPLETE") < 6  # killed mid-study
 
     second = rst_tune_process("study", "--resume", str(run_dir))
@@ -215,10 +294,12 @@ def test_study_resumed_after_sigkill_trains_every_configuration_seed_pair_once(t
         rows = {row["configuration"]: row for row in csv.DictReader(f)}
     assert rows["SGD"]["seeds"] == rows["SAM"]["seeds"] == "3"
     assert float(rows["SAM"]["val_accuracy_mean"]) == pytest.approx(
-        statistics.fmean(r["val_accuracy"] for r in results["SAM"]), abs=1e-12)
+        statistics.fmean(r["val_accuracy"] for r in results["SAM"]), abs=1e-12
+    )
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(runs) == 7 and sorted((r.data.tags["rst.configuration"], r.data.params["seed"]) for r in children) == sorted(
-        (name, str(seed)) for name in ("SGD", "SAM") for seed in (5, 6, 7))
+    assert len(runs) == 7 and sorted(
+        (r.data.tags["rst.configuration"], r.data.params["seed"]) for r in children
+    ) == sorted((name, str(seed)) for name in ("SGD", "SAM") for seed in (5, 6, 7))
     assert all(r.info.status == "FINISHED" for r in runs)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from mlflow import MlflowClient
 
 from rst_tune.models import build_model
@@ -18,27 +19,39 @@ from rst_tune.search import parse_spec, run_search
 from rst_tune.tracking import tracker_for
 from rst_tune.train import EPOCH_METRICS
 
-from conftest import free_port
-
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
-SPACE = {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}},
-                      "linear": {"p_start": {"low": 0.0, "high": 1.0}, "p_end": {"low": 0.0, "high": 1.0}}},
-         "rho": {"low": 0.01, "high": 0.2, "log": True},
-         "grst_weight": {"low": 0.1, "high": 1.0, "optional": True},
-         "lr": {"choices": [0.05, 1.0e-5, 1.0e+6]}}
+SPACE = {
+    "schedule": {
+        "constant": {"p": {"low": 0.0, "high": 1.0}},
+        "linear": {"p_start": {"low": 0.0, "high": 1.0}, "p_end": {"low": 0.0, "high": 1.0}},
+    },
+    "rho": {"low": 0.01, "high": 0.2, "log": True},
+    "grst_weight": {"low": 0.1, "high": 1.0, "optional": True},
+    "lr": {"choices": [0.05, 1.0e-5, 1.0e6]},
+}
 
 
 def _children(client, experiment):
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    return parents, {int(r.data.tags["rst.optuna_trial"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    return parents, {
+        int(r.data.tags["rst.optuna_trial"]): r for r in runs if "mlflow.parentRunId" in r.data.tags
+    }
 
 
 def test_search_logs_nested_runs_over_http(local_ray, tmp_path, mlflow_server):
-    values = {"name": "tracked", "train": {"epochs": 3, "batch_size": 128, "device": "cpu"}, "space": SPACE,
-              "points_to_evaluate": [{"schedule": {"name": "constant", "params": {"p": 0.5}}, "lr": 1.0e-5},
-                                     {"schedule": {"name": "constant", "params": {"p": 0.5}}, "lr": 1.0e+6}],
-              "early_stopping": {"rule": "pareto_fair", "grace_epochs": 1}, "num_samples": 5, "seed": 2}
+    values = {
+        "name": "tracked",
+        "train": {"epochs": 3, "batch_size": 128, "device": "cpu"},
+        "space": SPACE,
+        "points_to_evaluate": [
+            {"schedule": {"name": "constant", "params": {"p": 0.5}}, "lr": 1.0e-5},
+            {"schedule": {"name": "constant", "params": {"p": 0.5}}, "lr": 1.0e6},
+        ],
+        "early_stopping": {"rule": "pareto_fair", "grace_epochs": 1},
+        "num_samples": 5,
+        "seed": 2,
+    }
     spec, run_dir, lines = parse_spec(values), tmp_path / "tracked", []
     tracker = tracker_for(run_dir, spec, mlflow_server.url)
     report = run_search(values, spec, run_dir, callbacks=[tracker], out=lines.append)
@@ -49,9 +62,18 @@ def test_search_logs_nested_runs_over_http(local_ray, tmp_path, mlflow_server):
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["rst.pareto_size"] == str(len(report.front))
     assert parent.data.metrics["hypervolume"] == pytest.approx(report.hypervolume)
-    assert parent.data.tags["rst.version.torch"] == version("torch") and parent.data.tags["rst.version.ray"] == version("ray")
-    assert {"search.yaml", "resolved_search.json", "pareto.png", "pareto.html", "pareto.csv", "pareto.json",
-            "pareto.txt"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert parent.data.tags["rst.version.torch"] == version("torch") and parent.data.tags[
+        "rst.version.ray"
+    ] == version("ray")
+    assert {
+        "search.yaml",
+        "resolved_search.json",
+        "pareto.png",
+        "pareto.html",
+        "pareto.csv",
+        "pareto.json",
+        "pareto.txt",
+    } <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     front = {row.number for row in report.front}
     rows = {row.number: row for row in report.trials}
     status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -64,7 +86,9 @@ def test_search_logs_nested_runs_over_http(local_ray, tmp_path, mlflow_server):
         assert tags["rst.pareto"] == str(number in front).lower()
         assert params["seed"] == str(row.seed) and params["expected_cost"] == str(row.expected_cost)
         assert params["schedule"] == row.params["schedule"] and params["lr"] == str(row.params["lr"])
-        assert params["grst_weight"] == (str(row.params["grst_weight"]) if row.params["grst_weight.on"] else "off")
+        assert params["grst_weight"] == (
+            str(row.params["grst_weight"]) if row.params["grst_weight.on"] else "off"
+        )
         if params["schedule"] == "constant":
             assert params["schedule.p"] == str(row.params["schedule.constant.p"])
         assert set(run.data.metrics) == set(EPOCH_METRICS) - {"epoch"}  # nothing of Tune's internals
@@ -85,8 +109,13 @@ def test_search_logs_nested_runs_over_http(local_ray, tmp_path, mlflow_server):
 
 
 def test_a_dead_tracking_server_does_not_stop_the_search(local_ray, tmp_path, mlflow_server):
-    values = {"name": "dead", "train": {"epochs": 2, "batch_size": 128, "device": "cpu"}, "space": SPACE,
-              "num_samples": 4, "seed": 4}
+    values = {
+        "name": "dead",
+        "train": {"epochs": 2, "batch_size": 128, "device": "cpu"},
+        "space": SPACE,
+        "num_samples": 4,
+        "seed": 4,
+    }
     spec, run_dir, lines = parse_spec(values), tmp_path / "dead", []
 
     def out(line):
@@ -94,26 +123,44 @@ def test_a_dead_tracking_server_does_not_stop_the_search(local_ray, tmp_path, ml
         if line.startswith("[1/"):  # the first trial is done: the server dies
             mlflow_server.kill()
 
-    report = run_search(values, spec, run_dir, callbacks=[tracker_for(run_dir, spec, mlflow_server.url, out=out)], out=out)
-    assert len(report.trials) == 4 and all(row.state in ("COMPLETE", "FAIL", "PRUNED") for row in report.trials)
+    report = run_search(
+        values, spec, run_dir, callbacks=[tracker_for(run_dir, spec, mlflow_server.url, out=out)], out=out
+    )
+    assert len(report.trials) == 4 and all(
+        row.state in ("COMPLETE", "FAIL", "PRUNED") for row in report.trials
+    )
     assert sum("warning: MLflow at" in line for line in lines) == 1
-    assert re.search(r"not logged to MLflow at http://127.0.0.1:\d+: .*\d+ epoch metrics", lines[-2] + lines[-1])
+    assert re.search(
+        r"not logged to MLflow at http://127.0.0.1:\d+: .*\d+ epoch metrics", lines[-2] + lines[-1]
+    )
     assert (run_dir / "pareto.json").exists()
 
 
-@pytest.mark.skipif(shutil.which("chromedriver") is None and not os.environ.get("RST_TUNE_REQUIRE_BROWSER"),
-                    reason="needs chromium and chromium-driver (apt-get install chromium chromium-driver)")
+@pytest.mark.skipif(
+    shutil.which("chromedriver") is None and not os.environ.get("RST_TUNE_REQUIRE_BROWSER"),
+    reason="needs chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
 def test_rst_tune_ui_shows_the_trial_runs_in_a_browser(local_ray, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.support.ui import WebDriverWait
 
-    values = {"name": "browsed", "train": {"epochs": 1, "batch_size": 128, "device": "cpu"}, "space": SPACE,
-              "num_samples": 3, "seed": 6}
+    values = {
+        "name": "browsed",
+        "train": {"epochs": 1, "batch_size": 128, "device": "cpu"},
+        "space": SPACE,
+        "num_samples": 3,
+        "seed": 6,
+    }
     spec, run_dir = parse_spec(values), tmp_path / "browsed"
     report = run_search(values, spec, run_dir, callbacks=[tracker_for(run_dir, spec)], out=lambda line: None)
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "rst_tune.cli", "ui", str(run_dir), "--port", str(port), "--optuna"],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "rst_tune.cli", "ui", str(run_dir), "--port", str(port), "--optuna"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line, dashboard = ui.stdout.readline(), ui.stdout.readline()
         assert line.startswith(f"MLflow: http://127.0.0.1:{port}/#/experiments/"), line
@@ -121,20 +168,30 @@ def test_rst_tune_ui_shows_the_trial_runs_in_a_browser(local_ray, tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port + 1}/api/studies", timeout=10) as answer:
             assert "browsed" in answer.read().decode()  # optuna-dashboard serves the run's study
         options = webdriver.ChromeOptions()
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--window-size=1600,1000"):
+        for flag in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--window-size=1600,1000",
+        ):
             options.add_argument(flag)
         options.binary_location = shutil.which("chromium") or options.binary_location
-        browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+        browser = webdriver.Chrome(
+            options=options, service=webdriver.ChromeService(shutil.which("chromedriver"))
+        )
         try:
             browser.get(line.split(" ", 1)[1].strip())
             names = [row.label for row in report.trials]
             expand = "[role=gridcell] button[data-component-id*='runnamecellrenderer']"  # the parent's "+"
             try:
-                WebDriverWait(browser, 60, poll_frequency=1).until(lambda b: b.find_elements("css selector", expand))
+                WebDriverWait(browser, 60, poll_frequency=1).until(
+                    lambda b: b.find_elements("css selector", expand)
+                )
                 browser.find_element("css selector", expand).click()
                 WebDriverWait(browser, 60, poll_frequency=1).until(
-                    lambda b: all(name in b.find_element("tag name", "body").text for name in names))
+                    lambda b: all(name in b.find_element("tag name", "body").text for name in names)
+                )
             finally:
                 ARTIFACTS.mkdir(exist_ok=True)
                 browser.save_screenshot(str(ARTIFACTS / "mlflow_ui.png"))

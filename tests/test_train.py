@@ -8,8 +8,14 @@ import torch
 from rst_tune.config import ConfigError, TrainConfig, load_config
 from rst_tune.train import EPOCH_METRICS, Trainer, train
 
-FAST = {"epochs": 4, "batch_size": 128, "schedule": {"name": "linear", "params": {"p_start": 0.2, "p_end": 0.8}},
-        "grst_weight": 0.3, "label_noise": 0.1, "grad_clip": 5.0}
+FAST = {
+    "epochs": 4,
+    "batch_size": 128,
+    "schedule": {"name": "linear", "params": {"p_start": 0.2, "p_end": 0.8}},
+    "grst_weight": 0.3,
+    "label_noise": 0.1,
+    "grad_clip": 5.0,
+}
 
 
 def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
@@ -97,7 +103,15 @@ def test_batch_larger_than_the_training_set_is_a_config_error():
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_learn(precision):
     """bf16 autocast, and fp16 with a GradScaler through sharpness-aware steps, both train."""
-    history = train(load_config({"epochs": 2, "precision": precision, "channels_last": True,
-                                 "schedule": {"name": "constant", "params": {"p": 1.0}}}))
+    history = train(
+        load_config(
+            {
+                "epochs": 2,
+                "precision": precision,
+                "channels_last": True,
+                "schedule": {"name": "constant", "params": {"p": 1.0}},
+            }
+        )
+    )
     assert history[-1]["cost_ratio"] == 2.0
     assert history[-1]["val_accuracy"] > 0.5 and history[-1]["train_loss"] < history[0]["train_loss"]

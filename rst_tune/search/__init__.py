@@ -6,14 +6,30 @@ front of accuracy against propagations.
     report = run_search(values, spec, "rst_runs/default")
     print(report.table())
 
-Public names: `load_spec`, `parse_spec`, `SearchSpec`, `run_search`, `report`, `read_run`,
-`ParetoReport`, `pareto_front`, `hypervolume`, `OBJECTIVES`. Everything else is private.
+Public names: `load_spec`, `parse_spec`, `SearchSpec`, `run_search`, `search_report`, `read_run`,
+`ParetoReport`, `pareto_front`, `hypervolume`, `OBJECTIVES`, `TrialRecord`, `TrialRow`, `RunFolder`.
+Everything else is private.
 """
 
+from rst_tune.search.folder import RunFolder
 from rst_tune.search.objectives import OBJECTIVES
 from rst_tune.search.pareto import ParetoReport, hypervolume, pareto_front
-from rst_tune.search.runner import read_run, report, run_search
+from rst_tune.search.record import TrialRecord, TrialRow
+from rst_tune.search.runner import read_run, run_search, search_report
 from rst_tune.search.spec import SearchSpec, load_spec, parse_spec
 
-__all__ = ["OBJECTIVES", "ParetoReport", "SearchSpec", "hypervolume", "load_spec", "parse_spec", "pareto_front",
-           "read_run", "report", "run_search"]
+__all__ = [
+    "OBJECTIVES",
+    "ParetoReport",
+    "RunFolder",
+    "SearchSpec",
+    "TrialRecord",
+    "TrialRow",
+    "hypervolume",
+    "load_spec",
+    "parse_spec",
+    "pareto_front",
+    "read_run",
+    "run_search",
+    "search_report",
+]

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -19,7 +20,7 @@ class Objective:
     metrics: tuple[str, ...]
     modes: tuple[str, ...]  # "max" or "min", one per metric
 
-    def values(self, result: dict) -> list[float]:
+    def values(self, result: Mapping[str, float]) -> list[float]:
         return [float(result[metric]) for metric in self.metrics]
 
     @property

@@ -14,7 +14,6 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from rst_tune.search.objectives import OBJECTIVES
 from rst_tune.search.spec import SearchSpec
 
-
 # A result with a `failure` is the trainable's last before it raises: neither scheduler stops a
 # trial there, so that it ends in ERROR with its reason rather than as stopped early.
 
@@ -30,7 +29,8 @@ class ParetoFairScheduler(FIFOScheduler):
     def __init__(self, grace_epochs: int = 1, min_dominating: int = 1):
         super().__init__()
         self.grace_epochs, self.min_dominating = grace_epochs, min_dominating
-        self._seen: dict[int, list[tuple[float, float]]] = defaultdict(list)  # epoch -> (expected cost, val_accuracy)
+        # epoch -> (expected cost, val_accuracy) of every result at that epoch
+        self._seen: dict[int, list[tuple[float, float]]] = defaultdict(list)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if "failure" in result:
@@ -50,6 +50,12 @@ def build_scheduler(spec: SearchSpec, epochs: int) -> TrialScheduler:
         return ParetoFairScheduler(rule.grace_epochs, rule.min_dominating)
     if rule.rule == "asha":
         objective = OBJECTIVES[spec.objective]
-        return ASHA(time_attr="epoch", metric=objective.metrics[0], mode=objective.modes[0], max_t=epochs,
-                             grace_period=rule.grace_epochs, reduction_factor=rule.reduction_factor)
+        return ASHA(
+            time_attr="epoch",
+            metric=objective.metrics[0],
+            mode=objective.modes[0],
+            max_t=epochs,
+            grace_period=rule.grace_epochs,
+            reduction_factor=rule.reduction_factor,
+        )
     return FIFOScheduler()

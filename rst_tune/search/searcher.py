@@ -1,24 +1,28 @@
-"""Ray Tune's OptunaSearch with honest trial states, a cost budget that is enforced before training,
-and recovery of the Optuna trials an interrupted driver left RUNNING.
+"""The searcher: Ray Tune asks it for trials, it asks Optuna (ask/tell) and tells Optuna how each ended.
 
-Ray's OptunaSearch tells Optuna COMPLETE with partial values when a scheduler stops a trial early,
-and a NaN result makes `tell` fail and leaves the trial RUNNING. Here a trial is:
-COMPLETE when it trained every epoch with finite results; PRUNED when a scheduler stopped it early
-or its expected cost exceeds the budget (it is then never trained); FAIL when it raised or its
-results are not finite. The reason goes to the trial's `state_reason` user attribute.
+A trial is COMPLETE when it trained every epoch with finite results; PRUNED when a scheduler
+stopped it early or its expected cost exceeds the budget (it is then never trained); FAIL when it
+raised or its results are not finite. The reason goes to the trial's `state_reason` user attribute.
+(Ray's own OptunaSearch tells Optuna COMPLETE with partial values when a scheduler stops a trial,
+and leaves a trial RUNNING when its result is NaN.) Optuna trials an interrupted driver left RUNNING
+are taken up again rather than left beside new ones.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+import pickle
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 from rst_tune.config import ConfigError
+from rst_tune.search._optuna import take_up
 from rst_tune.search.objectives import OBJECTIVES, budget_constraint
+from rst_tune.search.record import TrialRecord
 from rst_tune.search.space import DefineByRun, points_to_evaluate
 from rst_tune.search.spec import SearchSpec
 from rst_tune.train import EPOCH_METRICS
@@ -37,89 +41,115 @@ def build_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=spec.seed)
 
 
-class RSTSearch(OptunaSearch):
-    """OptunaSearch over a SearchSpec. `epochs` is the length of a full trial; `enqueue` adds the
-    spec's points to evaluate first (not when continuing a study that has them already). `space`,
-    the define-by-run function, defaults to the spec's space."""
+class RSTSearch(Searcher):
+    """Trials of `spec` from the Optuna study `spec.name` in `storage`. `epochs` is the length of a full
+    trial; `enqueue` adds the spec's points to evaluate first (not when continuing a study that has
+    them already). `space`, the define-by-run function that makes a trial's record, defaults to the
+    spec's space."""
 
-    def __init__(self, spec: SearchSpec, storage: optuna.storages.BaseStorage, epochs: int, enqueue: bool = True,
-                 space: Callable[[Any], dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        spec: SearchSpec,
+        storage: optuna.storages.BaseStorage,
+        epochs: int,
+        enqueue: bool = True,
+        space: Callable[[optuna.Trial], TrialRecord] | None = None,
+    ):
         self.objective = OBJECTIVES[spec.objective]
-        self.budget, self.epochs = spec.budget, epochs
-        self._failures: dict[str, str] = {}
-        self._last: dict[str, dict] = {}  # the latest result of each running trial
         metric, mode = list(self.objective.metrics), list(self.objective.modes)
-        if self.objective.scalar:
-            metric, mode = metric[0], mode[0]
-        super().__init__(space=space or DefineByRun(spec), metric=metric, mode=mode,
-                         points_to_evaluate=(points_to_evaluate(spec) if enqueue else None) or None,
-                         sampler=build_sampler(spec), study_name=spec.name, storage=storage)
-
-    @property
-    def study(self) -> optuna.Study:
-        return self._ot_study
+        super().__init__(
+            metric=metric[0] if self.objective.scalar else metric,
+            mode=mode[0] if self.objective.scalar else mode,
+        )
+        self.budget, self.epochs = spec.budget, epochs
+        self.space = space or DefineByRun(spec)
+        self.storage = storage
+        self.study = optuna.create_study(
+            storage=storage,
+            sampler=build_sampler(spec),
+            pruner=optuna.pruners.NopPruner(),
+            study_name=spec.name,
+            load_if_exists=True,
+            directions=["maximize" if m == "max" else "minimize" for m in self.objective.modes],
+        )
+        for point in points_to_evaluate(spec) if enqueue else []:
+            self.study.enqueue_trial(point)
+        self._trials: dict[str, optuna.Trial] = {}  # Ray trial id -> its Optuna trial
+        self._records: dict[str, TrialRecord] = {}
+        self._last: dict[str, dict] = {}  # the latest result of each running trial
+        self._failures: dict[str, str] = {}
+        self._completed: set[str] = set()
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if trial_id in self._ot_trials:
-            return super().suggest(trial_id)
+        if trial_id in self._records:
+            return self._records[trial_id].to_config()
         for _ in range(MAX_DRAWS):
-            self._ot_trials[trial_id] = self._orphan() or self._ot_study.ask()
-            config = super().suggest(trial_id)
-            ot_trial = self._ot_trials[trial_id]
-            cost = config["expected_cost"]
-            if self.budget is not None and cost > self.budget:
-                ot_trial.set_user_attr("label", config["label"])
-                ot_trial.set_user_attr("state_reason", f"not trained: expected cost {cost:.3f} exceeds the budget {self.budget:g}")
-                ot_trial.set_constraint("cost_over_budget", budget_constraint(cost, self.budget))
-                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-                del self._ot_trials[trial_id]
+            trial = self._orphan() or self.study.ask()
+            record = self.space(trial)
+            for key, value in record.to_user_attrs().items():
+                trial.set_user_attr(key, value)
+            if self.budget is not None and record.expected_cost > self.budget:
+                trial.set_user_attr(
+                    "state_reason",
+                    f"not trained: expected cost {record.expected_cost:.3f} "
+                    f"exceeds the budget {self.budget:g}",
+                )
+                trial.set_constraint("cost_over_budget", budget_constraint(record.expected_cost, self.budget))
+                self.study.tell(trial, state=TrialState.PRUNED)
                 continue
-            for key in ("label", "expected_cost", "baseline", "configuration"):
-                if key in config:
-                    ot_trial.set_user_attr(key, config[key])
-            ot_trial.set_user_attr("seed", config["train"]["seed"])
-            ot_trial.set_user_attr("ray_trial_id", trial_id)
-            return config
-        raise ConfigError(f"budget: no configuration with expected cost ≤ {self.budget:g} in {MAX_DRAWS} draws; "
-                          "widen the schedule ranges or raise the budget")
+            trial.set_user_attr("ray_trial_id", trial_id)
+            self._trials[trial_id], self._records[trial_id] = trial, record
+            return record.to_config()
+        raise ConfigError(
+            f"no configuration with expected cost ≤ {self.budget:g} in {MAX_DRAWS} draws; "
+            "widen the schedule ranges or raise the budget",
+            key="budget",
+        )
 
     def _orphan(self) -> optuna.Trial | None:
-        """An Optuna trial left RUNNING by an interrupted driver and unknown to Ray: it is reused
-        (same parameters) rather than left RUNNING beside a new one."""
-        known = {t.number for t in self._ot_trials.values()}
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        """An Optuna trial left RUNNING by an interrupted driver and unknown to Ray."""
+        known = {trial.number for trial in self._trials.values()}
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
-                return optuna.Trial(self._ot_study, frozen._trial_id)
+                return take_up(self.study, self.storage, frozen.number)
         return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last[trial_id] = result
         if "failure" in result:
             self._failures[trial_id] = result["failure"]
-        elif self.objective.scalar and math.isfinite(result[self.metric]):
-            super().on_trial_result(trial_id, result)
+        elif self.objective.scalar and trial_id in self._trials and math.isfinite(result[self.metric]):
+            self._trials[trial_id].report(result[self.metric], step=int(result["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed or trial_id not in self._trials:
             return
-        ot_trial = self._ot_trials[trial_id]
-        self._completed_trials.add(trial_id)
+        self._completed.add(trial_id)
+        trial, failure = self._trials[trial_id], self._failures.pop(trial_id, None)
         last = self._last.pop(trial_id, None)
         result = result or last  # a trial that raised comes without its last result
-        if self._storage.get_trial(ot_trial._trial_id).state.is_finished():
+        if self._told(trial):
             return  # told before the driver was interrupted
-        state, values, reason = self._outcome(trial_id, result, error)
+        state, values, reason = self._outcome(result, error, failure)
         for key in EPOCH_METRICS:
             if result and key in result:
-                ot_trial.set_user_attr(key, result[key])
+                trial.set_user_attr(key, result[key])
         if reason:
-            ot_trial.set_user_attr("state_reason", reason)
+            trial.set_user_attr("state_reason", reason)
         if state == TrialState.COMPLETE and self.budget is not None:
-            ot_trial.set_constraint("cost_over_budget", budget_constraint(result["cost_ratio"], self.budget))
-        self._ot_study.tell(ot_trial, values, state=state)
+            trial.set_constraint("cost_over_budget", budget_constraint(result["cost_ratio"], self.budget))
+        self.study.tell(trial, values, state=state)
 
-    def _outcome(self, trial_id: str, result: dict | None, error: bool) -> tuple[TrialState, list[float] | None, str | None]:
-        failure = self._failures.pop(trial_id, None)
+    def _told(self, trial: optuna.Trial) -> bool:
+        """Whether Optuna has the trial's end already."""
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        return self.storage.get_trial(trial_id).state.is_finished()
+
+    def _outcome(
+        self, result: dict | None, error: bool, failure: str | None
+    ) -> tuple[TrialState, list[float] | None, str | None]:
+        """The state to tell Optuna of a trial whose last result (an epoch's metrics) is `result`."""
         if error or failure:
             return TrialState.FAIL, None, failure or "the trial raised an error (see error.txt in its folder)"
         if not result:
@@ -128,5 +158,14 @@ class RSTSearch(OptunaSearch):
         if not all(math.isfinite(v) for v in values):
             return TrialState.FAIL, None, f"non-finite result: {dict(zip(self.objective.metrics, values))}"
         if result["epoch"] < self.epochs:
-            return TrialState.PRUNED, None, f"stopped early by the scheduler after epoch {result['epoch']} of {self.epochs}"
+            reason = f"stopped early by the scheduler after epoch {result['epoch']} of {self.epochs}"
+            return TrialState.PRUNED, None, reason
         return TrialState.COMPLETE, values, None
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))

@@ -1,4 +1,4 @@
-"""A validated search spec as an Optuna define-by-run function, and the training config of a trial.
+"""A validated search spec as an Optuna define-by-run function that makes each trial's record.
 
 Optuna parameter names: `schedule` (the family), `schedule.<family>.<param>` (its shape),
 `<key>` for any other searched training setting, and `<key>.on` for the off switch of an optional one.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from rst_tune.config import ConfigError, TrainConfig, display_key, load_config
+from rst_tune.config import ConfigError, TrainConfig, load_config
+from rst_tune.search.record import TrialRecord
 from rst_tune.search.spec import Dimension, SearchSpec
 
 
@@ -32,7 +33,7 @@ def describe(config: TrainConfig, searched: set[str] | None = None) -> str:
 
 
 def baseline_name(config: TrainConfig) -> str | None:
-    """"SGD" for p ≡ 0, "SAM" for plain p ≡ 1, else None."""
+    """ "SGD" for p ≡ 0, "SAM" for plain p ≡ 1, else None."""
     schedule = config.schedule.build()
     if schedule.name == "constant" and schedule.params["p"] == 0.0:
         return "SGD"
@@ -52,26 +53,26 @@ def _suggest(trial: Any, name: str, dim: Dimension) -> Any:
 
 
 class DefineByRun:
-    """The Optuna define-by-run function of a spec. It returns the trial's whole training config
-    (seed included), expected cost (1 + p̄), a readable label, its baseline name (or None) and its
-    Optuna trial number, which Ray adds to the trial's config."""
+    """The Optuna define-by-run function of a spec: it suggests a trial's searched values and returns
+    its record (seed included)."""
 
     def __init__(self, spec: SearchSpec):
         self.spec = spec
 
-    def __call__(self, trial: Any) -> dict[str, Any]:
+    def __call__(self, trial: Any) -> TrialRecord:
         overrides: dict[str, Any] = {}
         if self.spec.schedule:
             family = trial.suggest_categorical("schedule", list(self.spec.schedule))
-            params = {k: _suggest(trial, f"schedule.{family}.{k}", v) if isinstance(v, Dimension) else v
-                      for k, v in self.spec.schedule[family].params.items()}
+            params = {
+                k: _suggest(trial, f"schedule.{family}.{k}", v) if isinstance(v, Dimension) else v
+                for k, v in self.spec.schedule[family].params.items()
+            }
             overrides["schedule"] = {"name": family, "params": params}
         for key, dim in self.spec.dimensions.items():
             overrides[key] = _suggest(trial, key, dim)
         config = trial_config(self.spec, overrides, trial_seed(self.spec.seed, trial.number))
         searched = set(self.spec.dimensions) | ({"schedule"} if self.spec.schedule else set())
-        return {"train": config.model_dump(), "expected_cost": config.schedule.build().expected_cost(),
-                "label": describe(config, searched), "baseline": baseline_name(config), "optuna_trial": trial.number}
+        return TrialRecord(config, describe(config, searched), trial.number, baseline_name(config))
 
 
 def trial_config(spec: SearchSpec, overrides: dict[str, Any], seed: int) -> TrainConfig:
@@ -79,7 +80,9 @@ def trial_config(spec: SearchSpec, overrides: dict[str, Any], seed: int) -> Trai
     return load_config({**spec.train, **overrides, "seed": seed})
 
 
-def optuna_params(spec: SearchSpec, point: dict[str, Any], where: str = "point") -> dict[str, Any]:
+def optuna_params(
+    spec: SearchSpec, point: dict[str, Any], where: tuple[str, ...] = ("point",)
+) -> dict[str, Any]:
     """A point given as searched training settings (e.g. {"schedule": {"name": "constant", "params":
     {"p": 1}}, "grst_weight": None}) as Optuna parameters, for `enqueue_trial`. Unknown keys and
     values outside the space raise ConfigError naming them."""
@@ -88,21 +91,29 @@ def optuna_params(spec: SearchSpec, point: dict[str, Any], where: str = "point")
         if key == "schedule" and spec.schedule:
             name, values = (value or {}).get("name"), (value or {}).get("params", {})
             if name not in spec.schedule:
-                raise ConfigError(f"{where}.schedule.name: {name!r} is not a searched family ({', '.join(spec.schedule)})")
+                raise ConfigError(
+                    f"{name!r} is not a searched family ({', '.join(spec.schedule)})",
+                    key=(*where, "schedule", "name"),
+                )
             params["schedule"] = name
             for param, dim in spec.schedule[name].params.items():
                 if param not in values:
-                    raise ConfigError(f"{where}.schedule.params.{param}: missing")
+                    raise ConfigError("missing", key=(*where, "schedule", "params", param))
                 if isinstance(dim, Dimension):
                     if not dim.contains(values[param]):
-                        raise ConfigError(f"{where}.schedule.params.{param}: {values[param]!r} is outside the searched range")
+                        raise ConfigError(
+                            f"{values[param]!r} is outside the searched range",
+                            key=(*where, "schedule", "params", param),
+                        )
                     params[f"schedule.{name}.{param}"] = values[param]
                 elif values[param] != dim:
-                    raise ConfigError(f"{where}.schedule.params.{param}: {name} fixes it at {dim:g}")
+                    raise ConfigError(
+                        f"{name} fixes it at {dim:g}", key=(*where, "schedule", "params", param)
+                    )
         elif key in spec.dimensions:
             dim = spec.dimensions[key]
             if not dim.contains(value):
-                raise ConfigError(f"{where}.{key}: {value!r} is outside the searched range")
+                raise ConfigError(f"{value!r} is outside the searched range", key=(*where, key))
             if not dim.optional:
                 params[key] = value
             elif value is not None:
@@ -110,7 +121,9 @@ def optuna_params(spec: SearchSpec, point: dict[str, Any], where: str = "point")
             else:
                 params[f"{key}.on"] = False
         else:
-            raise ConfigError(f"{where}.{display_key(key)}: not a searched key (searched: {', '.join(_searched_keys(spec))})")
+            raise ConfigError(
+                f"not a searched key (searched: {', '.join(_searched_keys(spec))})", key=(*where, str(key))
+            )
     return params
 
 
@@ -122,14 +135,28 @@ def baselines(spec: SearchSpec) -> list[dict[str, Any]]:
     """SGD (p ≡ 0) and SAM (p ≡ 1, no G-RST) as searched settings; every other searched value is
     taken from `train` when the space contains it, else left to the sampler."""
     base = spec.train_config()
-    shared = {key: getattr(base, key) for key, dim in spec.dimensions.items() if dim.contains(getattr(base, key))}
+    shared = {
+        key: getattr(base, key) for key, dim in spec.dimensions.items() if dim.contains(getattr(base, key))
+    }
     if "grst_weight" in spec.dimensions:
         shared["grst_weight"] = None
     return [{**shared, "schedule": {"name": "constant", "params": {"p": p}}} for p in (0.0, 1.0)]
 
 
 def points_to_evaluate(spec: SearchSpec) -> list[dict[str, Any]]:
-    """The Optuna parameters of the points evaluated first: the baselines (if asked), then the spec's points."""
-    points = [(f"baselines.{i}", point) for i, point in enumerate(baselines(spec))] if spec.baselines else []
-    points += [(f"points_to_evaluate.{i}", point) for i, point in enumerate(spec.points_to_evaluate)]
+    """The Optuna parameters of the points evaluated first: the baselines (if asked), then the spec's
+    points."""
+    points = (
+        [(("baselines", str(i)), point) for i, point in enumerate(baselines(spec))] if spec.baselines else []
+    )
+    points += [(("points_to_evaluate", str(i)), point) for i, point in enumerate(spec.points_to_evaluate)]
     return [optuna_params(spec, point, where) for where, point in points]
+
+
+def summary(spec: SearchSpec) -> str:
+    """What the search will run, in one line (`rst-tune search --check`)."""
+    searched = ", ".join(_searched_keys(spec)) or "nothing"
+    return (
+        f"{spec.num_samples} trials of {spec.train_config().epochs} epochs, objective {spec.objective}, "
+        f"searching {searched}, {len(points_to_evaluate(spec))} points first"
+    )

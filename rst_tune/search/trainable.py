@@ -11,30 +11,40 @@ from typing import Any
 import ray
 import ray.tune
 
-from rst_tune.config import load_config
+from rst_tune.search.record import TrialRecord
 from rst_tune.train import Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 
 
 def train_trial(config: dict[str, Any]) -> None:
-    """Train `config["train"]`, resuming from Tune's checkpoint if there is one. Every epoch reports
-    the engine's metrics with `expected_cost`, the Ray node it ran on, and a checkpoint. A diverged epoch is reported with a
-    `failure` reason, then raised, so the trial ends FAILED with that reason."""
+    """Train the trial whose record is `config`, resuming from Tune's checkpoint if there is one. Every
+    epoch reports the engine's metrics with `expected_cost`, the Ray node it ran on, and a checkpoint.
+    A diverged epoch is reported with a `failure` reason, then raised, so the trial ends FAILED with
+    that reason."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per checkpoint
-    trainer = Trainer(load_config(config["train"]))
+    record = TrialRecord.from_config(config)
+    trainer = Trainer(record.train)
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load(Path(folder) / CHECKPOINT_FILE)
     node_id = ray.get_runtime_context().get_node_id()
     for metrics in trainer.fit():
-        metrics = {**metrics, "expected_cost": config["expected_cost"], "node_id": node_id}
+        result = {**metrics, "expected_cost": record.expected_cost, "node_id": node_id}
         diverged = [key for key in ("train_loss", "val_loss") if not math.isfinite(metrics[key])]
         if diverged:
-            reason = f"diverged: {diverged[0]} is {metrics[diverged[0]]} at epoch {metrics['epoch']}"
-            ray.tune.report({**metrics, "failure": reason})
+            reason = f"diverged: {diverged[0]} is {metrics[diverged[0]]} at epoch {metrics.epoch}"
+            ray.tune.report({**result, "failure": reason})
             raise FloatingPointError(reason)
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(Path(folder) / CHECKPOINT_FILE)
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+            ray.tune.report(result, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+
+
+def saved_weights(checkpoint: ray.tune.Checkpoint) -> dict[str, Any]:
+    """The model's state dict in a trial's checkpoint."""
+    import torch
+
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["model"]

@@ -8,16 +8,16 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 
-from rst_tune.search.pareto import TrialRow, state_counts
+from rst_tune.search.pareto import state_counts
+from rst_tune.search.record import TrialRow, trial_rows
 from rst_tune.search.space import baseline_name
 from rst_tune.study.spec import StudySpec
 from rst_tune.study.stats import Comparison, Spread, spread, welch
 
-STUDY_FILES = ("study.md", "study.csv", "study.json", "study.png")
 REFERENCES = ("SGD", "SAM")
 
 
@@ -35,6 +35,9 @@ class ConfigurationRow:
 
 @dataclass
 class StudyReport:
+    files: ClassVar[tuple[str, ...]] = ("study.md", "study.csv", "study.json", "study.png")
+    front: ClassVar[None] = None  # a study singles out no trials
+
     name: str
     seeds: int
     epochs: int
@@ -44,27 +47,50 @@ class StudyReport:
     def counts(self) -> dict[str, int]:
         return state_counts(self.trials)
 
+    def summary_metrics(self) -> dict[str, float]:
+        return {}
+
     def table(self) -> str:
         """The Markdown table: accuracies in %, differences in percentage points."""
-        head = ["configuration", "seeds", "val_accuracy (mean ± sd)", "95 % CI", "cost ratio", "propagations",
-                *(f"vs {ref}: Δ pp (p)" for ref in REFERENCES)]
+        head = [
+            "configuration",
+            "seeds",
+            "val_accuracy (mean ± sd)",
+            "95 % CI",
+            "cost ratio",
+            "propagations",
+            *(f"vs {ref}: Δ pp (p)" for ref in REFERENCES),
+        ]
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         for row in self.rows:
             acc = row.val_accuracy
-            cells = [row.configuration + (f" **[{row.baseline}]**" if row.baseline else ""), f"{row.seeds}/{self.seeds}",
-                     f"{_pct(acc.mean)} ± {_pct(acc.sd)}", f"{_pct(acc.ci_low)} – {_pct(acc.ci_high)}",
-                     _num(row.cost_ratio.mean, ".3f"), _num(row.propagations, ".0f"),
-                     *(_versus(row, ref) for ref in REFERENCES)]
+            cells = [
+                row.configuration + (f" **[{row.baseline}]**" if row.baseline else ""),
+                f"{row.seeds}/{self.seeds}",
+                f"{_pct(acc.mean)} ± {_pct(acc.sd)}",
+                f"{_pct(acc.ci_low)} – {_pct(acc.ci_high)}",
+                _num(row.cost_ratio.mean, ".3f"),
+                _num(row.propagations, ".0f"),
+                *(_versus(row, ref) for ref in REFERENCES),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.counts().items()))
         lines.append("")
-        lines.append(f"{len(self.rows)} configurations × {self.seeds} seeds, {self.epochs} epochs each ({counts}). "
-                     "Δ: difference of mean val_accuracy in percentage points; p: Welch's two-sided t-test.")
+        lines.append(
+            f"{len(self.rows)} configurations × {self.seeds} seeds, {self.epochs} epochs each ({counts}). "
+            "Δ: difference of mean val_accuracy in percentage points; p: Welch's two-sided t-test."
+        )
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "seeds": self.seeds, "epochs": self.epochs, "counts": self.counts(),
-                "configurations": [asdict(r) for r in self.rows], "trials": [asdict(r) for r in self.trials]}
+        return {
+            "name": self.name,
+            "seeds": self.seeds,
+            "epochs": self.epochs,
+            "counts": self.counts(),
+            "configurations": [asdict(r) for r in self.rows],
+            "trials": [r.to_json() for r in self.trials],
+        }
 
 
 def _json_safe(value: Any) -> Any:
@@ -95,7 +121,7 @@ def _versus(row: ConfigurationRow, reference: str) -> str:
 
 
 def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
-    trials = [TrialRow.from_optuna(t) for t in study.get_trials(deepcopy=False)]
+    trials = trial_rows(study)
     done = [t for t in trials if t.state == "COMPLETE"]
     labels = [spec.label(i) for i in range(len(spec.configurations))]
     configs = [spec.train_config_of(i) for i in range(len(labels))]
@@ -108,12 +134,22 @@ def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
     rows = []
     for label, baseline, config in zip(labels, baselines, configs):
         mine = [t for t in done if t.configuration == label]
-        rows.append(ConfigurationRow(
-            configuration=label, baseline=baseline, seeds=len(mine),
-            val_accuracy=spread(accuracies[label]), cost_ratio=spread([t.cost_ratio for t in mine]),
-            propagations=spread([t.propagations for t in mine]).mean, expected_cost=config.schedule.build().expected_cost(),
-            against={ref: welch(accuracies[label], accuracies[other]) for ref, other in references.items()
-                     if other != label}))
+        rows.append(
+            ConfigurationRow(
+                configuration=label,
+                baseline=baseline,
+                seeds=len(mine),
+                val_accuracy=spread(accuracies[label]),
+                cost_ratio=spread([t.cost_ratio for t in mine]),
+                propagations=spread([t.propagations for t in mine]).mean,
+                expected_cost=config.schedule.build().expected_cost(),
+                against={
+                    ref: welch(accuracies[label], accuracies[other])
+                    for ref, other in references.items()
+                    if other != label
+                },
+            )
+        )
     return StudyReport(spec.name, spec.seeds, spec.train_config().epochs, trials, rows)
 
 
@@ -121,22 +157,47 @@ def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
     """study.md (the table), study.csv (one row per configuration), study.json (every figure and
     trial) and study.png (accuracy against cost with 95 % intervals)."""
     folder = Path(folder)
-    (folder / "study.md").write_text(f"# {report.name}\n\n{report.table()}\n")
-    with open(folder / "study.csv", "w", newline="") as f:
+    md_path, csv_path, json_path, png_path = (folder / name for name in report.files)
+    md_path.write_text(f"# {report.name}\n\n{report.table()}\n")
+    with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         keys = [field.name for field in fields(Comparison)]
-        writer.writerow(["configuration", "baseline", "seeds", "val_accuracy_mean", "val_accuracy_sd", "ci95_low",
-                         "ci95_high", "cost_ratio_mean", "propagations_mean", "expected_cost",
-                         *(f"{key}_vs_{ref}" for ref in REFERENCES for key in keys)])
+        writer.writerow(
+            [
+                "configuration",
+                "baseline",
+                "seeds",
+                "val_accuracy_mean",
+                "val_accuracy_sd",
+                "ci95_low",
+                "ci95_high",
+                "cost_ratio_mean",
+                "propagations_mean",
+                "expected_cost",
+                *(f"{key}_vs_{ref}" for ref in REFERENCES for key in keys),
+            ]
+        )
         for row in report.rows:
             acc = row.val_accuracy
             comparisons = [row.against.get(ref) for ref in REFERENCES]
-            writer.writerow([row.configuration, row.baseline or "", row.seeds, acc.mean, acc.sd, acc.ci_low, acc.ci_high,
-                             row.cost_ratio.mean, row.propagations, row.expected_cost,
-                             *(getattr(c, key) if c else "" for c in comparisons for key in keys)])
-    (folder / "study.json").write_text(json.dumps(_json_safe(report.to_json()), indent=2))
-    plot_study(report, folder / "study.png")
-    return [folder / name for name in STUDY_FILES]
+            writer.writerow(
+                [
+                    row.configuration,
+                    row.baseline or "",
+                    row.seeds,
+                    acc.mean,
+                    acc.sd,
+                    acc.ci_low,
+                    acc.ci_high,
+                    row.cost_ratio.mean,
+                    row.propagations,
+                    row.expected_cost,
+                    *(getattr(c, key) if c else "" for c in comparisons for key in keys),
+                ]
+            )
+    json_path.write_text(json.dumps(_json_safe(report.to_json()), indent=2))
+    plot_study(report, png_path)
+    return [folder / name for name in report.files]
 
 
 def plot_study(report: StudyReport, path: Path) -> None:
@@ -150,14 +211,24 @@ def plot_study(report: StudyReport, path: Path) -> None:
 
     rows = [row for row in report.rows if row.seeds > 0]
     styles = {"SGD": ("s", "black"), "SAM": ("D", "tab:red")}
-    fig, (by_cost, by_name) = plt.subplots(1, 2, figsize=(12, 5.5), dpi=120, sharey=True,
-                                           gridspec_kw={"width_ratios": [1, 1.6]})
+    fig, (by_cost, by_name) = plt.subplots(
+        1, 2, figsize=(12, 5.5), dpi=120, sharey=True, gridspec_kw={"width_ratios": [1, 1.6]}
+    )
     for x, row in enumerate(rows):
         acc = row.val_accuracy
         marker, color = styles.get(row.baseline or "", ("o", "tab:blue"))
         error = [[acc.mean - acc.ci_low], [acc.ci_high - acc.mean]] if row.seeds > 1 else None
         label = f"{row.baseline} baseline" if row.baseline in styles else None
-        by_cost.errorbar(row.cost_ratio.mean, acc.mean, yerr=error, fmt=marker, color=color, capsize=3, label=label, zorder=3)
+        by_cost.errorbar(
+            row.cost_ratio.mean,
+            acc.mean,
+            yerr=error,
+            fmt=marker,
+            color=color,
+            capsize=3,
+            label=label,
+            zorder=3,
+        )
         by_name.errorbar(x, acc.mean, yerr=error, fmt=marker, color=color, capsize=3, zorder=3)
         if row.baseline in styles:
             for ax in (by_cost, by_name):
@@ -165,13 +236,20 @@ def plot_study(report: StudyReport, path: Path) -> None:
     by_cost.set_xlabel("cost ratio (propagations per step; SGD 1, SAM 2)")
     by_cost.set_ylabel("validation accuracy: mean over seeds, 95 % CI")
     by_cost.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    by_name.set_xticks(range(len(rows)), [f"{r.configuration}\n(cost {r.cost_ratio.mean:.2f})" for r in rows],
-                       rotation=40, ha="right", fontsize=7)
+    by_name.set_xticks(
+        range(len(rows)),
+        [f"{r.configuration}\n(cost {r.cost_ratio.mean:.2f})" for r in rows],
+        rotation=40,
+        ha="right",
+        fontsize=7,
+    )
     for ax in (by_cost, by_name):
         ax.grid(alpha=0.3)
     if by_cost.get_legend_handles_labels()[0]:
         by_cost.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{report.name}: {len(report.rows)} configurations × {report.seeds} seeds, {report.epochs} epochs")
+    fig.suptitle(
+        f"{report.name}: {len(report.rows)} configurations × {report.seeds} seeds, {report.epochs} epochs"
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
 from rst_tune.config import ConfigError, TrainConfig, load_config
+from rst_tune.search.settings import Lines, RunSettings, load_settings, parse_settings
 from rst_tune.search.space import baseline_name, describe
-from rst_tune.search.spec import RunSettings, SearchSpec, load_settings, parse_settings
-
+from rst_tune.search.spec import SearchSpec
 
 STUDY_WIDE = {  # training settings a configuration may not set, and why
     "seed": "a study's seeds are `seed` + 0 … `seeds` − 1, the same for every configuration",
-    "epochs": "every configuration trains train.epochs (or --epochs); compare at equal compute with a schedule instead",
+    "epochs": "every configuration trains train.epochs (or --epochs); "
+    "compare at equal compute with a schedule instead",
 }
 
 
@@ -23,6 +24,8 @@ class StudySpec(RunSettings):
     `train`, with an optional `label`. Seed k of every configuration trains with seed `seed + k`:
     the same initial weights, data order, label noise and coins for each configuration."""
 
+    kind: ClassVar[str] = "study"
+
     name: str = Field("study", pattern=r"^[A-Za-z0-9_.-]+$")
     configurations: list[dict[str, Any]] = Field(min_length=1)
     seeds: int = Field(5, ge=2, description="seeds per configuration (at least 2 for a standard deviation)")
@@ -30,13 +33,16 @@ class StudySpec(RunSettings):
     @model_validator(mode="after")
     def _check_configurations(self) -> StudySpec:
         if "seed" in self.train:
-            raise ValueError(f"train.seed: {STUDY_WIDE['seed']}")
+            raise ConfigError(STUDY_WIDE["seed"], key=("train", "seed"))
         labels: dict[str, int] = {}
         for index in range(len(self.configurations)):
             self.train_config_of(index)
             label = self.label(index)
             if label in labels:
-                raise ValueError(f"configurations.{index}.label: {label!r} is already configuration {labels[label]}'s label")
+                raise ConfigError(
+                    f"{label!r} is already configuration {labels[label]}'s label",
+                    key=("configurations", str(index), "label"),
+                )
             labels[label] = index
         return self
 
@@ -45,19 +51,20 @@ class StudySpec(RunSettings):
         overrides = {k: v for k, v in self.configurations[index].items() if k != "label"}
         for key, why in STUDY_WIDE.items():
             if key in overrides:
-                raise ConfigError(f"configurations.{index}.{key}: {why}")
+                raise ConfigError(why, key=("configurations", str(index), key))
         try:
             return load_config({**self.train, **overrides, "seed": self.seed + seed_index})
         except ConfigError as err:
-            raise ConfigError("; ".join(f"configurations.{index}.{line}".replace(f"{index}.config:", f"{index}:")
-                                        for line in str(err).split("; "))) from None
+            raise err.within("configurations", str(index)) from None
 
     def label(self, index: int) -> str:
         """A configuration's `label`, else its baseline name (SGD, SAM) or its settings in words."""
         given = self.configurations[index].get("label")
         if given is not None:
             if not isinstance(given, str) or not given.strip():
-                raise ConfigError(f"configurations.{index}.label: expected a non-empty string, got {given!r}")
+                raise ConfigError(
+                    f"expected a non-empty string, got {given!r}", key=("configurations", str(index), "label")
+                )
             return given
         config = self.train_config_of(index)
         return baseline_name(config) or describe(config)
@@ -66,13 +73,24 @@ class StudySpec(RunSettings):
     def num_samples(self) -> int:
         return len(self.configurations) * self.seeds
 
+    def summary(self) -> str:
+        """What the study will run (`rst-tune study --check`): a line, then a line per configuration."""
+        lines = [
+            f"{len(self.configurations)} configurations × {self.seeds} seeds = {self.num_samples} trials of "
+            f"{self.train_config().epochs} epochs:"
+        ]
+        for index in range(len(self.configurations)):
+            cost = self.train_config_of(index).schedule.build().expected_cost()
+            lines.append(f"  {self.label(index)}: expected cost {cost:.3f}")
+        return "\n".join(lines)
+
     def search_spec(self) -> SearchSpec:
         """The same trials as a search with nothing to sample, for the runner."""
         shared = self.model_dump(include=set(RunSettings.model_fields))
         return SearchSpec(**shared, num_samples=self.num_samples, sampler={"name": "random"}, baselines=False)
 
 
-def parse_study(values: Any, source: str = "study", lines: dict[tuple[str, ...], int] | None = None) -> StudySpec:
+def parse_study(values: Any, source: str = "study", lines: Lines | None = None) -> StudySpec:
     """Validate a mapping into a StudySpec, or raise ConfigError naming the key (and line)."""
     return parse_settings(StudySpec, values, source, lines)
 

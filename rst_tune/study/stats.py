@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from scipy import stats
 
@@ -35,7 +35,8 @@ def spread(values: Sequence[float]) -> Spread:
 @dataclass(frozen=True)
 class Comparison:
     difference: float  # mean(a) − mean(b)
-    p_value: float  # Welch's two-sided t-test; nan when undefined (fewer than 2 values each, or no variance and no difference)
+    # Welch's two-sided t-test; nan when undefined (fewer than 2 values each, or no variance, no difference)
+    p_value: float
     ci_low: float = math.nan  # 95 % interval of the difference (Welch)
     ci_high: float = math.nan
 
@@ -47,7 +48,8 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Comparison:
     if len(a) < 2 or len(b) < 2:
         return Comparison(difference, math.nan)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # both samples constant and equal: nan, shown as "p n/a"
+        # both samples constant and equal: nan, shown as "p n/a"
+        warnings.simplefilter("ignore", RuntimeWarning)
         result = stats.ttest_ind(a, b, equal_var=False)
         interval = result.confidence_interval(0.95)
     return Comparison(difference, float(result.pvalue), float(interval.low), float(interval.high))

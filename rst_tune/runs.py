@@ -1,0 +1,58 @@
+"""Searches and studies by kind: loading, checking, starting and resuming either, for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rst_tune.config import ConfigError
+from rst_tune.search import load_spec, read_run, run_search
+from rst_tune.search.folder import RunFolder
+from rst_tune.search.runner import Report, RunCallback
+from rst_tune.search.settings import RunSettings
+from rst_tune.search.space import summary as search_summary
+from rst_tune.study import StudySpec, load_study, read_study, run_study
+
+_LOAD = {"search": load_spec, "study": load_study}
+_SUMMARY = {"search": search_summary, "study": StudySpec.summary}
+_READ = {"search": read_run, "study": read_study}
+_RUN = {"search": run_search, "study": run_study}
+
+
+def load(kind: str, path: Path, overrides: dict[str, Any]) -> tuple[dict[str, Any], RunSettings]:
+    """The settings in the `kind` file at `path` with `overrides`, and them validated."""
+    return _LOAD[kind](path, overrides)
+
+
+def resume(
+    kind: str, run_dir: str | Path, given: Sequence[str] = ()
+) -> tuple[dict[str, Any], RunSettings, RunFolder]:
+    """The interrupted `kind` run in `run_dir`, to continue as it was started: `given`, the names of
+    other settings the user passed, are an error."""
+    if given:
+        raise ConfigError(f"--resume continues a {kind} as it was started; drop {', '.join(given)}")
+    values, spec = _READ[kind](run_dir)
+    return values, spec, RunFolder(Path(run_dir), kind)
+
+
+def summary(spec: RunSettings) -> str:
+    """What the run will train, for `--check`."""
+    return _SUMMARY[spec.kind](spec)
+
+
+def new_folder(results_dir: str | Path, spec: RunSettings, exact: bool) -> RunFolder:
+    """A new run folder named after the run (with -2, -3, ... when taken, unless `exact`)."""
+    return RunFolder.new(results_dir, spec.name, spec.kind, exact)
+
+
+def run(
+    values: dict[str, Any],
+    spec: RunSettings,
+    folder: RunFolder,
+    *,
+    address: str | None,
+    resume: bool,
+    callbacks: Sequence[RunCallback],
+) -> Report:
+    return _RUN[folder.kind](values, spec, folder.path, address=address, resume=resume, callbacks=callbacks)

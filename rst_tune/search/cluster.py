@@ -1,0 +1,46 @@
+"""Whether a Ray cluster's trials can share the storage they were given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rst_tune.config import ConfigError
+
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "9p")
+
+
+def filesystem_type(path: str | Path) -> str:
+    """The type of the filesystem holding `path` (from /proc/mounts), or "unknown"."""
+    target, best, kind = str(Path(path).resolve()), "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in mounts:
+        _, point, fstype = line.split()[:3]
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, kind = point, fstype
+    return kind
+
+
+def spans_machines(nodes: list[dict], here: str) -> bool:
+    """Whether a cluster (`ray.nodes()`) runs, or will run, trials on machines other than `here`:
+    a live node elsewhere, or a head with no CPU or GPU (its workers are still to come)."""
+    alive = [n for n in nodes if n["Alive"]]
+    head_runs_nothing = any(
+        n["Resources"].get("CPU", 0) == 0 and n["Resources"].get("GPU", 0) == 0 for n in alive
+    )
+    return head_runs_nothing or any(n["NodeManagerAddress"] != here for n in alive)
+
+
+def check_shared(path: str) -> None:
+    """Raise ConfigError unless every machine of a cluster can reach `path`."""
+    if "://" in path and not path.startswith("file://"):
+        return
+    kind = filesystem_type(path.removeprefix("file://"))
+    if kind not in NETWORK_FILESYSTEMS and not kind.startswith("fuse."):
+        raise ConfigError(
+            f"{path} is a local {kind} path, but this cluster runs trials on other machines; "
+            "give storage they all reach: s3://bucket/prefix, gs://bucket/prefix, or a shared NFS mount",
+            key="--storage",
+        )

@@ -1,0 +1,122 @@
+"""What a search and a study share: their run settings, and reading them from YAML with errors that
+name the key and its line."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rst_tune.config import ConfigError, Problem, TrainConfig, load_config, validation_problems
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class RunSettings(Strict):
+    """A name, the fixed training settings, and how trials run on Ray."""
+
+    kind: ClassVar[str]  # the run it describes: "search" or "study"
+
+    name: str = Field("search", pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    train: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    max_concurrent: int = Field(2, ge=1)
+    reuse_actors: bool = Field(True, description="run trials one after another in the same worker process")
+    max_failures: int = Field(
+        1, ge=0, description="restarts of a trial whose worker died, from its last checkpoint"
+    )
+    storage: str | None = Field(
+        None,
+        description="where Ray keeps trials and checkpoints: a path, s3://, gs://; default the run folder",
+    )
+    resources: Resources = Field(default_factory=Resources)
+
+    def train_config(self) -> TrainConfig:
+        return load_config(self.train)
+
+
+Settings = TypeVar("Settings", bound=RunSettings)
+Lines = dict[tuple[str, ...], int]  # key path -> 1-based line in the YAML text
+
+
+def parse_settings(model: type[Settings], values: Any, source: str, lines: Lines | None = None) -> Settings:
+    """Validate a mapping with a `train` section into `model`, or raise ConfigError naming each bad
+    key (and its line, given `lines`)."""
+    if not isinstance(values, dict):
+        raise ConfigError("expected a mapping of settings", source=source)
+    try:
+        if not isinstance(values.get("train", {}), dict):
+            raise ConfigError("expected a mapping of training settings", key="train")
+        try:
+            load_config(values.get("train", {}))
+        except ConfigError as err:
+            raise err.within("train") from None
+        try:
+            return model.model_validate(values)
+        except ValidationError as err:
+            raise validation_problems(err) from None
+    except ConfigError as err:
+        raise ConfigError(
+            problems=[_located(problem, source, lines or {}) for problem in err.problems]
+        ) from None
+
+
+def _located(problem: Problem, source: str, lines: Lines) -> Problem:
+    """The problem with its file, and the line of the longest part of its key found in the file."""
+    line = next(
+        (lines[problem.key[:n]] for n in range(len(problem.key), 0, -1) if problem.key[:n] in lines), None
+    )
+    return replace(problem, source=source, line=line)
+
+
+def _line_index(text: str) -> Lines:
+    lines: Lines = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[path + (str(key.value),)] = key.start_mark.line + 1
+                walk(value, path + (str(key.value),))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (str(i),))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def load_settings(
+    model: type[Settings], path: str | Path, overrides: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], Settings]:
+    """Read and validate a YAML file into `model`; `overrides` (e.g. from CLI flags) win, `train`
+    merged key by key. Returns the merged settings (to save with the run) and the validated model."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        values = yaml.safe_load(text)
+        lines = _line_index(text)
+    except OSError as err:
+        raise ConfigError(err.strerror, source=str(path)) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"not valid YAML ({' '.join(str(err).split())})", source=str(path)) from None
+    if isinstance(values, dict) and overrides:
+        values = {
+            **values,
+            **{k: v for k, v in overrides.items() if k != "train"},
+            "train": {**(values.get("train") or {}), **overrides.get("train", {})},
+        }
+    return values, parse_settings(model, values, str(path), lines)
