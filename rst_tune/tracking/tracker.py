@@ -11,25 +11,22 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import optuna
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param
 from ray import tune
 
 from rst_tune.search.folder import RunFolder
-from rst_tune.search.record import TrialRecord, TrialRow
+from rst_tune.search.record import TrialRecord
 from rst_tune.search.runner import Report, RunCallback
 from rst_tune.search.settings import RunSettings
-from rst_tune.search.trainable import saved_weights
 from rst_tune.tracking.client import FAILED, GuardedClient
+from rst_tune.tracking.parent import child_runs, close_parent, open_parent
 from rst_tune.tracking.plots import plot_learning_curves, plot_schedule
 from rst_tune.tracking.record import TrackingRecord, tracking_uri_of
+from rst_tune.tracking.trials import flat_params, logged_history, set_status
 from rst_tune.train import EPOCH_METRICS, EpochMetrics
-
-STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-PACKAGES = ("rst-tune", "torch", "ray", "optuna", "mlflow")
 
 
 def tracker_for(
@@ -44,33 +41,6 @@ def tracker_for(
     default the run's name."""
     folder = RunFolder(Path(run_dir), spec.kind)
     return RunTracker(folder, spec, tracking_uri_of(folder, tracking_uri), experiment or spec.name, out)
-
-
-def flat_params(record: TrialRecord) -> dict[str, str]:
-    """A trial's settings with plain names: `schedule`, `schedule.p`, `rho`, `grst_weight`, ..."""
-    train = record.train.model_dump()
-    params = {
-        "schedule": train["schedule"]["name"],
-        **{f"schedule.{k}": v for k, v in train["schedule"]["params"].items()},
-        **{f"model_params.{k}": v for k, v in train["model_params"].items()},
-        **{
-            k: ("off" if k == "grst_weight" and v is None else v)
-            for k, v in train.items()
-            if k not in ("schedule", "model_params")
-        },
-        "expected_cost": record.expected_cost,
-    }
-    return {k: str(v) for k, v in params.items()}
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 class RunTracker(RunCallback):
@@ -114,75 +84,11 @@ class RunTracker(RunCallback):
         if self.record is None:
             # not "Creating initial tables"
             logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-            self.record = self._open()
+            self.record = open_parent(self.mlflow, self.folder, self.settings, self.experiment)
+            if self.record is not None:
+                self._runs |= child_runs(self.mlflow, self.record)
             if self.record is not None and not info:  # on the driver, before Ray starts
                 self.out(f"MLflow: {self.mlflow.tracking_uri}, experiment {self.experiment!r}")
-
-    # -- the run's parent run ------------------------------------------------------------------
-    def _open(self) -> TrackingRecord | None:
-        record = TrackingRecord.load(self.folder)
-        if record is not None and record.tracking_uri == self.mlflow.tracking_uri:
-            self.mlflow.call("parent status", "update_run", record.parent_run_id, status="RUNNING")
-            self._runs |= self._child_runs(record)
-            return record
-        found = self.mlflow.call("experiment", "get_experiment_by_name", self.experiment)
-        if found is FAILED:
-            return None
-        local = not self.mlflow.tracking_uri.startswith("http")
-        # tagged as a model-development experiment, the UI opens on its runs, not on GenAI traces
-        experiment_id = (
-            found.experiment_id
-            if found
-            else self.mlflow.call(
-                "experiment",
-                "create_experiment",
-                self.experiment,
-                artifact_location=self.folder.artifacts_dir.resolve().as_uri() if local else None,
-                tags={"mlflow.experimentKind": "custom_model_development"},
-            )
-        )
-        if experiment_id is FAILED:
-            return None
-        kind = self.folder.kind
-        parent = self.mlflow.call(
-            "parent run",
-            "create_run",
-            experiment_id,
-            run_name=self.folder.name,
-            tags={
-                "rst.kind": kind,
-                "rst.run_dir": str(self.folder.path.resolve()),
-                **{f"rst.version.{k}": v for k, v in package_versions().items()},
-            },
-        )
-        if parent is FAILED:
-            return None
-        record = TrackingRecord(self.mlflow.tracking_uri, experiment_id, parent.info.run_id)
-        self.mlflow.call("parent artifacts", "log_artifact", record.parent_run_id, str(self.folder.spec_file))
-        self.mlflow.call(
-            "parent artifacts",
-            "log_dict",
-            record.parent_run_id,
-            self.settings.model_dump(),
-            f"resolved_{kind}.json",
-        )
-        record.save(self.folder)
-        return record
-
-    def _child_runs(self, record: TrackingRecord) -> dict[int, str]:
-        """The trial runs under the parent run, by Optuna trial number."""
-        children = self.mlflow.call(
-            "run lookup",
-            "search_runs",
-            [record.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{record.parent_run_id}'",
-            max_results=50_000,
-        )
-        return (
-            {}
-            if children is FAILED
-            else {int(r.data.tags["rst.optuna_trial"]): r.info.run_id for r in children}
-        )
 
     # -- trial runs ----------------------------------------------------------------------------
     def _record(self, trial) -> TrialRecord:
@@ -266,7 +172,7 @@ class RunTracker(RunCallback):
         record = self._record(trial)
         history = [metrics for _, metrics in sorted(self._history.get(record.optuna_trial, {}).items())]
         if len(history) < (history[-1].epoch if history else 0):  # resumed: earlier epochs are in MLflow
-            history = self._history_from_mlflow(run_id) or history
+            history = logged_history(self.mlflow, run_id) or history
         if history:
             with tempfile.TemporaryDirectory() as folder:
                 for name, draw in (
@@ -278,33 +184,9 @@ class RunTracker(RunCallback):
         trials = self.study.get_trials(deepcopy=False)
         if record.optuna_trial < len(trials):
             optuna_trial = trials[record.optuna_trial]
-            self._set_status(run_id, optuna_trial.state.name, optuna_trial.user_attrs.get("state_reason"))
-
-    def _history_from_mlflow(self, run_id: str) -> list[EpochMetrics]:
-        series = {
-            name: self.mlflow.call("run lookup", "get_metric_history", run_id, name)
-            for name in EPOCH_METRICS
-            if name != "epoch"
-        }
-        if any(values is FAILED for values in series.values()):
-            return []
-        by_epoch: dict[int, dict[str, float]] = {}
-        for name, values in series.items():
-            for metric in values:
-                by_epoch.setdefault(metric.step, {"epoch": metric.step})[name] = metric.value
-        return [
-            EpochMetrics.from_mapping(values)
-            for _, values in sorted(by_epoch.items())
-            if len(values) == len(EPOCH_METRICS)
-        ]
-
-    def _set_status(self, run_id: str, state: str, reason: str | None) -> None:
-        """Mirror an Optuna trial state (and its reason) on the trial's run; unfinished ones are left."""
-        if state not in STATUS:
-            return
-        tags = [RunTag("rst.state", state)] + ([RunTag("rst.state_reason", reason)] if reason else [])
-        self.mlflow.call("trial status", "log_batch", run_id, tags=tags)
-        self.mlflow.call("trial status", "set_terminated", run_id, status=STATUS[state])
+            set_status(
+                self.mlflow, run_id, optuna_trial.state.name, optuna_trial.user_attrs.get("state_reason")
+            )
 
     # -- the end of the run --------------------------------------------------------------------
     def finish(
@@ -314,8 +196,7 @@ class RunTracker(RunCallback):
         the report has a front, tag it and log its weights. Returns what the whole run could not log."""
         self.setup()
         if self.record is not None:
-            self._runs |= self._child_runs(self.record)  # after a restore, Ray's own copy opened them
-            self._finish(report, checkpoints, interrupted)
+            close_parent(self.mlflow, self.record, self.folder, report, checkpoints, interrupted)
         self._save_missed()
         saved = TrackingRecord.load(self.folder)
         missed = saved.missed if saved is not None else dict(self.mlflow.missed)
@@ -323,46 +204,3 @@ class RunTracker(RunCallback):
             what = ", ".join(f"{n} {k}" for k, n in sorted(missed.items()))
             return f"not logged to MLflow at {self.mlflow.tracking_uri}: {what}"
         return None
-
-    def _finish(self, report: Report, checkpoints: dict[str, tune.Checkpoint], interrupted: bool) -> None:
-        parent = self.record.parent_run_id
-        for row in report.trials:
-            if row.number in self._runs:
-                self._set_status(self._runs[row.number], row.state, row.reason)
-        for name in report.files:
-            self.mlflow.call("parent artifacts", "log_artifact", parent, str(self.folder.path / name))
-        if report.front is not None:
-            self._finish_front(report.front, report.trials, checkpoints)
-        stamp = int(time.time() * 1000)
-        metrics = [Metric(name, value, stamp, 0) for name, value in report.summary_metrics().items()]
-        if metrics:
-            self.mlflow.call("parent summary", "log_batch", parent, metrics=metrics)
-        status = RunStatus.KILLED if interrupted else RunStatus.FINISHED
-        self.mlflow.call("parent status", "set_terminated", parent, status=RunStatus.to_string(status))
-
-    def _finish_front(
-        self, front: list[TrialRow], trials: list[TrialRow], checkpoints: dict[str, tune.Checkpoint]
-    ) -> None:
-        on_front = {row.number for row in front}
-        for row in trials:
-            run_id = self._runs.get(row.number)
-            if run_id is None:
-                continue
-            self.mlflow.call(
-                "trial tags", "set_tag", run_id, "rst.pareto", str(row.number in on_front).lower()
-            )
-            checkpoint = checkpoints.get(row.ray_trial_id)
-            if row.number in on_front and checkpoint is not None:
-                self._log_weights(run_id, checkpoint)
-        self.mlflow.call(
-            "parent summary", "set_tag", self.record.parent_run_id, "rst.pareto_size", str(len(front))
-        )
-
-    def _log_weights(self, run_id: str, checkpoint: tune.Checkpoint) -> None:
-        import torch
-
-        with tempfile.TemporaryDirectory() as out:
-            torch.save(saved_weights(checkpoint), Path(out) / "model_state_dict.pt")
-            self.mlflow.call(
-                "pareto weights", "log_artifact", run_id, str(Path(out) / "model_state_dict.pt"), "model"
-            )
