@@ -62,6 +62,13 @@ class RunPlan:
     report: Callable[[Path], Report]
 
 
+# Ray deletes a trial's older checkpoints as soon as it registers a new one, but saves the experiment
+# state (which names the checkpoint to resume from) at most once a second: with one kept, a driver
+# killed in between resumes a trial from a checkpoint that is gone (seen in CI: the trial then FAILED).
+# Two kept leave the one the saved state names, unless two epochs end within that second.
+KEEP_CHECKPOINTS = 2
+
+
 def _trial_dirname(trial) -> str:
     return trial.trial_id
 
@@ -95,7 +102,7 @@ def _tuner(
             storage_path=folder.storage_path(spec.storage),
             verbose=0,
             callbacks=list(callbacks),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         ),
     )
