@@ -72,6 +72,7 @@ class RSTSearch(Searcher):
             load_if_exists=True,
             directions=["maximize" if m == "max" else "minimize" for m in self.objective.modes],
         )
+        self._study_id = storage.get_study_id_from_name(spec.name)
         for point in points_to_evaluate(spec) if enqueue else []:
             self.study.enqueue_trial(point)
         self._trials: dict[str, optuna.Trial] = {}  # Ray trial id -> its Optuna trial
@@ -142,8 +143,7 @@ class RSTSearch(Searcher):
 
     def _told(self, trial: optuna.Trial) -> bool:
         """Whether Optuna has the trial's end already."""
-        study_id = self.storage.get_study_id_from_name(self.study.study_name)
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
         return self.storage.get_trial(trial_id).state.is_finished()
 
     def _outcome(
