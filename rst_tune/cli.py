@@ -144,7 +144,6 @@ def _given(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     """`rst-tune search` and `rst-tune study`."""
     from rst_tune import runs
-    from rst_tune.tracking import tracker_for
 
     if args.resume:
         values, spec, folder = runs.resume(args.command, args.resume, _given(args))
@@ -161,11 +160,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{name}: valid; {runs.summary(spec)}")
             return 0
         folder = runs.new_folder(args.results_dir, spec, exact=args.name is not None)
-    tracker = tracker_for(folder.path, spec, args.tracking_uri, args.experiment)
     report = runs.run(
-        values, spec, folder, address=args.address, resume=bool(args.resume), callbacks=[tracker]
+        values,
+        spec,
+        folder,
+        address=args.address,
+        resume=bool(args.resume),
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
     )
-    print("\nPareto front (val_accuracy up, propagations down):" if args.command == "search" else "")
+    print()
     print(report.table())
     print(f"\nfiles: {folder.path}/{', '.join(report.files)}")
     print(
@@ -184,9 +188,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_pareto(args: argparse.Namespace) -> int:
     import json
 
-    from rst_tune.search import search_report
+    from rst_tune.study.confirm import confirmed_report
 
-    report = search_report(args.run_dir)
+    report = confirmed_report(args.run_dir, cost=args.cost)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0
 
@@ -262,10 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     pareto = commands.add_parser(
         "pareto",
         help="the Pareto front of a search run",
-        description="Print a search run's Pareto front and write its report files again.",
+        description="Print a search run's Pareto front (and its seed-confirmed front) and write its report "
+        "files again.",
     )
     pareto.add_argument("run_dir", metavar="RUN", help="the run folder, e.g. rst_runs/default")
     pareto.add_argument("--json", action="store_true", help="print pareto.json instead of the table")
+    pareto.add_argument(
+        "--cost",
+        help="the front's cost axis: propagations or device_seconds (default: the search file's cost)",
+    )
     pareto.set_defaults(handler=cmd_pareto)
 
     ui = commands.add_parser(

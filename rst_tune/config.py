@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rst_tune.data import DATASETS, DEFAULT_DATA_DIR
+from rst_tune.data import DATA_PARAMS, DATASETS, DEFAULT_DATA_DIR
 from rst_tune.models import MODELS
 from rst_tune.schedules import Schedule, make_schedule
 
@@ -79,6 +79,9 @@ class TrainConfig(BaseModel):
     data_dir: str = DEFAULT_DATA_DIR
     download: bool = False
     label_noise: float = Field(0.0, ge=0.0, le=1.0)
+    val_size: int | None = Field(None, ge=0)  # held out of training; None: the dataset's default
+    data_params: dict[str, Any] = Field(default_factory=dict)
+    test_every_epoch: bool = False  # else the test part is evaluated at the last epoch only
     model: Literal[MODELS] = "digits_cnn"  # type: ignore[valid-type]
     model_params: dict[str, Any] = Field(default_factory=dict)
 
@@ -116,6 +119,13 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.nesterov and self.momentum == 0:
             raise ConfigError("true needs momentum > 0", key="nesterov")
+        valid = DATA_PARAMS.get(self.dataset, ())
+        for key in self.data_params:
+            if key not in valid:
+                raise ConfigError(
+                    f"unknown for dataset {self.dataset}; valid: {', '.join(valid) or 'none'}",
+                    key=("data_params", key),
+                )
         return self
 
 

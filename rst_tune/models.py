@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODELS = ("digits_cnn", "resnet18", "wrn", "pyramidnet", "vit")
+MODELS = ("digits_cnn", "mnist1d_cnn", "resnet18", "wrn", "pyramidnet", "vit")
 
 
 def _init_weights(model: nn.Module) -> nn.Module:
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
@@ -59,6 +59,19 @@ def _digits_cnn(num_classes: int, in_channels: int, image_size: int, width: int)
         _head(4 * width, num_classes),
     )
     return _init_weights(model)
+
+
+def _mnist1d_cnn(num_classes: int, in_channels: int, length: int, width: int) -> nn.Module:
+    """Three stride-2 1-D convolutions (kernel 5) with BatchNorm and ReLU, then a linear layer."""
+    layers: list[nn.Module] = []
+    for index in range(3):
+        layers += [
+            nn.Conv1d(in_channels if index == 0 else width, width, 5, stride=2, padding=2, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+        ]
+        length = (length + 1) // 2
+    return _init_weights(nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * length, num_classes)))
 
 
 def _resnet18(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
@@ -191,6 +204,7 @@ def _vit(
 # name -> (builder, default params)
 _BUILDERS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "digits_cnn": (_digits_cnn, {"width": 32}),
+    "mnist1d_cnn": (_mnist1d_cnn, {"width": 32}),
     "resnet18": (_resnet18, {}),
     "wrn": (_wrn, {"depth": 28, "width": 10, "dropout": 0.0}),
     "pyramidnet": (_pyramidnet, {"depth": 110, "alpha": 270}),
@@ -204,10 +218,11 @@ _BUILDERS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
 def build_model(
     name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **params: Any
 ) -> nn.Module:
-    """Build model `name` for `num_classes` classes and (in_channels, image_size, image_size) inputs.
+    """Build model `name` for `num_classes` classes and (in_channels, image_size, image_size) inputs
+    (mnist1d_cnn: (in_channels, image_size) signals).
 
-    `params` override the model's defaults: digits_cnn `width`; wrn `depth`, `width`, `dropout`;
-    pyramidnet `depth`, `alpha`; vit `patch_size`, `num_layers`, `num_heads`, `hidden_dim`,
+    `params` override the model's defaults: digits_cnn and mnist1d_cnn `width`; wrn `depth`, `width`,
+    `dropout`; pyramidnet `depth`, `alpha`; vit `patch_size`, `num_layers`, `num_heads`, `hidden_dim`,
     `mlp_dim`, `dropout`. resnet18 takes none.
     """
     if name not in _BUILDERS:

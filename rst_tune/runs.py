@@ -13,6 +13,7 @@ from rst_tune.search.runner import Report, RunCallback
 from rst_tune.search.settings import RunSettings
 from rst_tune.search.space import summary as search_summary
 from rst_tune.study import StudySpec, load_study, read_study, run_study
+from rst_tune.study.confirm import run_confirmation
 
 _LOAD = {"search": load_spec, "study": load_study}
 _SUMMARY = {"search": search_summary, "study": StudySpec.summary}
@@ -53,6 +54,26 @@ def run(
     *,
     address: str | None,
     resume: bool,
-    callbacks: Sequence[RunCallback],
+    tracking_uri: str | None,
+    experiment: str | None,
 ) -> Report:
-    return _RUN[folder.kind](values, spec, folder.path, address=address, resume=resume, callbacks=callbacks)
+    """Run (or continue) the `kind` run in `folder`, logged to MLflow; a finished search then has its
+    front confirmed (`spec.confirm`), which logs to the same MLflow experiment."""
+    from rst_tune.tracking import log_report_files, tracker_for
+
+    tracker = tracker_for(folder.path, spec, tracking_uri, experiment)
+    report = _RUN[folder.kind](values, spec, folder.path, address=address, resume=resume, callbacks=[tracker])
+    if folder.kind != "search" or not spec.confirm.seeds or _unfinished(report, spec):
+        return report
+
+    def track(confirmation: RunFolder, study: StudySpec) -> list[RunCallback]:
+        return [tracker_for(confirmation.path, study, tracker.mlflow.tracking_uri, tracker.experiment)]
+
+    report = run_confirmation(folder.path, address=address, track=track)
+    log_report_files(folder, report)
+    return report
+
+
+def _unfinished(report: Report, spec: RunSettings) -> bool:
+    """Whether the run stopped before its last trial ended (it is then resumed, not confirmed)."""
+    return sum(row.state not in ("RUNNING", "WAITING") for row in report.trials) < spec.num_samples

@@ -4,8 +4,9 @@ Each `step` draws one Bernoulli(p(s / total_steps)) from the optimizer's own gen
 takes a plain step of the base optimizer (one forward-backward); on 1 a sharpness-aware step (two):
     g1 = ∇L(θ),  e = ρ·g1/‖g1‖  (ASAM: ρ·w²⊙g1/‖|w|⊙g1‖),  g2 = ∇L(θ + e),
     g  = (1 − α)·g1 + α·g2,  with α = 1 (RST, SAM) or α = min(λ_G / p, alpha_max) (G-RST),
-then restores θ from a copy and lets the base optimizer step with g. With α = λ_G / p the expected
-update equals gradient-norm regularisation with weight λ_G at every step, whatever the schedule.
+then restores θ from a copy and lets the base optimizer step with g. The expected update carries
+gradient-norm regularisation of degree p·α: λ_G wherever p ≥ λ_G / alpha_max, but only p·alpha_max
+below that, and none where p = 0. `degree_sum` adds up p·α over the steps taken.
 No value is read back from the device inside a step, except by an fp16 `grad_scaler`, whose step
 reads its overflow check.
 """
@@ -65,7 +66,7 @@ class RandomizedSAM(torch.optim.Optimizer):
         )
         self._rng = random.Random(seed)
         self.steps = self.sam_steps = self.propagations = 0
-        self.expected_propagations = 0.0
+        self.expected_propagations = self.degree_sum = 0.0
         self.last_was_sam = False
         self._theta: list[torch.Tensor] | None = None
 
@@ -89,14 +90,18 @@ class RandomizedSAM(torch.optim.Optimizer):
             raise ValueError(f"schedule returned p={p} at step {self.steps}; it must lie in [0, 1]")
         self.last_was_sam = self._rng.random() < p
         self.expected_propagations += 1 + p
+        self.degree_sum += p * self.alpha(p) if p > 0 else 0.0
         self.steps += 1
         loss = self._run(closure)
         if self.last_was_sam:
             self.sam_steps += 1
-            alpha = 1.0 if self.grst_weight is None else min(self.grst_weight / p, self.alpha_max)
-            self._sharpness_aware_gradient(closure, alpha)
+            self._sharpness_aware_gradient(closure, self.alpha(p))
         self._update()
         return loss
+
+    def alpha(self, p: float) -> float:
+        """The weight of the perturbed gradient in a sharpness-aware step taken at probability p > 0."""
+        return 1.0 if self.grst_weight is None else min(self.grst_weight / p, self.alpha_max)
 
     def _sharpness_aware_gradient(self, closure: Callable[[], torch.Tensor], alpha: float) -> None:
         params = [p for p in self._params() if p.grad is not None]
@@ -160,6 +165,7 @@ class RandomizedSAM(torch.optim.Optimizer):
             "sam_steps": self.sam_steps,
             "propagations": self.propagations,
             "expected_propagations": self.expected_propagations,
+            "degree_sum": self.degree_sum,
             "last_was_sam": self.last_was_sam,
             "rng": self._rng.getstate(),
         }
@@ -169,5 +175,6 @@ class RandomizedSAM(torch.optim.Optimizer):
         self.steps, self.sam_steps = state_dict["steps"], state_dict["sam_steps"]
         self.propagations = state_dict["propagations"]
         self.expected_propagations = state_dict["expected_propagations"]
+        self.degree_sum = state_dict["degree_sum"]
         self.last_was_sam = state_dict["last_was_sam"]
         self._rng.setstate(state_dict["rng"])

@@ -7,6 +7,7 @@ and correct counts accumulate on it and are read once, when the epoch's metrics 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rst_tune.config import ConfigError, TrainConfig
-from rst_tune.data import ImageData, load_dataset
+from rst_tune.data import DataSplits, load_dataset
 from rst_tune.models import build_model
 from rst_tune.sharpness import RandomizedSAM
 
@@ -28,8 +29,12 @@ class EpochMetrics(Mapping[str, float]):
     """What one epoch of a run measured. Counts are cumulative over the run: `steps` optimizer steps,
     `sam_steps` of them sharpness-aware, `propagations` forward-backward passes (SGD 1 per step, SAM 2),
     `expected_propagations` their expectation Σ (1 + p(t)). `cost_ratio` is propagations per step,
-    `acc_per_prop` val_accuracy / cost_ratio, `wall_s` the seconds spent training and evaluating so far.
-    Reads as a mapping of metric name to value, in `EPOCH_METRICS` order."""
+    `acc_per_prop` val_accuracy / cost_ratio, `grst_degree` the mean over steps of p(t)·α_t, the
+    sharpness regularisation applied in expectation (plain RST: p̄ so far), `wall_s` the seconds spent
+    training and evaluating so far and `device_seconds` those seconds × the devices the run held.
+    `test_loss` and `test_accuracy` are measured on the test part at the run's last epoch (every epoch
+    with `test_every_epoch`), else None. Reads as a mapping of metric name to value, in `METRICS`
+    order, without the metrics not measured."""
 
     epoch: int
     train_loss: float
@@ -43,11 +48,24 @@ class EpochMetrics(Mapping[str, float]):
     cost_ratio: float
     sam_fraction: float
     acc_per_prop: float
+    grst_degree: float
     wall_s: float
+    device_seconds: float
+    test_loss: float | None = None
+    test_accuracy: float | None = None
 
     @classmethod
     def measured(
-        cls, *, steps: int, sam_steps: int, propagations: int, val_accuracy: float, **rest: float
+        cls,
+        *,
+        steps: int,
+        sam_steps: int,
+        propagations: int,
+        val_accuracy: float,
+        degree_sum: float,
+        wall_s: float,
+        devices: float,
+        **rest: float | None,
     ) -> EpochMetrics:
         """The metrics from the counters, with the ratios derived from them."""
         cost_ratio = propagations / steps
@@ -59,28 +77,36 @@ class EpochMetrics(Mapping[str, float]):
             cost_ratio=cost_ratio,
             sam_fraction=sam_steps / steps,
             acc_per_prop=val_accuracy / cost_ratio,
+            grst_degree=degree_sum / steps,
+            wall_s=wall_s,
+            device_seconds=wall_s * devices,
             **rest,
         )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> EpochMetrics:
-        """The metrics among `values` (a Ray result, Optuna user attributes, a checkpoint's history)."""
-        return cls(**{name: values[name] for name in EPOCH_METRICS})
+        """The metrics among `values` (a Ray result, Optuna user attributes, a checkpoint's history);
+        KeyError if one of `EPOCH_METRICS` is missing."""
+        return cls(**{name: values[name] for name in METRICS if name in values or name in EPOCH_METRICS})
 
     def __getitem__(self, name: str) -> float:
-        if name not in EPOCH_METRICS:
+        if name not in METRICS or getattr(self, name) is None:
             raise KeyError(name)
         return getattr(self, name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(EPOCH_METRICS)
+        return (name for name in METRICS if getattr(self, name) is not None)
 
     def __len__(self) -> int:
-        return len(EPOCH_METRICS)
+        return sum(1 for _ in self)
 
 
-EPOCH_METRICS: tuple[str, ...] = tuple(field.name for field in fields(EpochMetrics))
-"""The per-epoch metric names, in order: the keys a trial reports to Ray, Optuna and MLflow."""
+METRICS: tuple[str, ...] = tuple(field.name for field in fields(EpochMetrics))
+"""Every metric name a run reports, in order: the keys a trial reports to Ray, Optuna and MLflow."""
+TEST_METRICS: tuple[str, ...] = ("test_loss", "test_accuracy")
+"""The metrics of the test part, measured at a run's end only (unless asked for every epoch)."""
+EPOCH_METRICS: tuple[str, ...] = tuple(name for name in METRICS if name not in TEST_METRICS)
+"""The metrics every epoch has."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,23 +116,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trainer:
-    """Builds data, model and optimizer from a TrainConfig and runs it epoch by epoch."""
+    """Builds data, model and optimizer from a TrainConfig and runs it epoch by epoch. `devices` is how
+    many devices the run holds (a fraction when it shares one), for `device_seconds`."""
 
-    def __init__(self, config: TrainConfig, data: ImageData | None = None):
-        self.config = config
+    def __init__(self, config: TrainConfig, data: DataSplits | None = None, devices: float = 1.0):
+        self.config, self.devices = config, devices
         self.device = resolve_device(config.device)
         if self.device.type == "cuda":
             # batches have one shape: let cuDNN time and keep its fastest kernels
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(config.seed)
         if data is None:
-            data = load_dataset(
-                config.dataset,
-                data_dir=config.data_dir,
-                download=config.download,
-                label_noise=config.label_noise,
-                seed=config.seed,
-            )
+            data = self._load_data()
         self.data = data.to(self.device)
         self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
         if self.steps_per_epoch == 0:
@@ -157,6 +178,21 @@ class Trainer:
         self.wall_s = 0.0
         self.history: list[EpochMetrics] = []
 
+    def _load_data(self) -> DataSplits:
+        config = self.config
+        try:
+            return load_dataset(
+                config.dataset,
+                data_dir=config.data_dir,
+                download=config.download,
+                label_noise=config.label_noise,
+                seed=config.seed,
+                val_size=config.val_size,
+                data_params=config.data_params,
+            )
+        except ValueError as err:  # a val_size or data_params the data cannot meet
+            raise ConfigError(str(err)) from None
+
     def _autocast(self):
         return torch.autocast(
             self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
@@ -204,10 +240,12 @@ class Trainer:
             loss, right = self.train_step(images, labels)
             loss_sum += loss
             correct += right
-        val_loss, val_accuracy = self.evaluate()
+        val_loss, val_accuracy = self.evaluate("val")
+        self.epoch += 1
+        test = self.config.test_every_epoch or self.epoch == self.config.epochs
+        test_loss, test_accuracy = self.evaluate("test") if test and len(self.data.test_y) else (None, None)
         train_loss, train_correct = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
         self.wall_s += time.perf_counter() - start
-        self.epoch += 1
         opt = self.optimizer
         metrics = EpochMetrics.measured(
             epoch=self.epoch,
@@ -215,27 +253,33 @@ class Trainer:
             train_accuracy=train_correct / (self.steps_per_epoch * self.config.batch_size),
             val_loss=val_loss,
             val_accuracy=val_accuracy,
+            test_loss=test_loss,
+            test_accuracy=test_accuracy,
             steps=opt.steps,
             sam_steps=opt.sam_steps,
             propagations=opt.propagations,
             expected_propagations=opt.expected_propagations,
+            degree_sum=opt.degree_sum,
             wall_s=self.wall_s,
+            devices=self.devices,
         )
         self.history.append(metrics)
         return metrics
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Validation loss and accuracy over the whole validation set."""
+    def evaluate(self, part: str = "val") -> tuple[float, float]:
+        """Loss and accuracy over the whole `part` ("val" or "test"); NaN for an empty part."""
+        n = len(getattr(self.data, f"{part}_y"))
+        if n == 0:
+            return math.nan, math.nan
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        for images, labels in self.data.val_batches(self.config.eval_batch_size):
+        for images, labels in self.data.eval_batches(part, self.config.eval_batch_size):
             with self._autocast():
                 logits = self.forward(images.contiguous(memory_format=self.memory_format)).float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
-        n = len(self.data.val_y)
         loss, right = torch.stack([loss_sum, correct]).tolist()
         return loss / n, right / n
 

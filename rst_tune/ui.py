@@ -3,6 +3,7 @@ by default."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from rst_tune.config import ConfigError
 from rst_tune.search.folder import RunFolder
+from rst_tune.tracking.parent import TRIALS_VIEW, TRIALS_VIEW_TAG
 from rst_tune.tracking.record import TrackingRecord
 
 READY_S = 120.0
@@ -32,6 +34,21 @@ def _wait_until_up(url: str, process: subprocess.Popen, name: str, log: Path) ->
         except OSError:
             time.sleep(0.5)
     raise ConfigError(f"{name} did not answer on {url} within {READY_S:.0f} s; see {log}")
+
+
+def _runs_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the UI's model-training mode (MLflow 3.17 takes the mode from the
+    URL, else from the browser's last choice, GenAI at first), on the trials view if the experiment has it
+    (experiments created before rst-tune saved that view have not)."""
+    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    try:
+        with urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}", timeout=10
+        ) as answer:
+            tags = {tag["key"] for tag in json.load(answer)["experiment"].get("tags", [])}
+    except (OSError, ValueError, KeyError):
+        return url
+    return f"{url}&viewStateShareKey={TRIALS_VIEW}" if TRIALS_VIEW_TAG in tags else url
 
 
 def _interrupt(signum, frame) -> None:
@@ -89,7 +106,7 @@ def serve(
             _wait_until_up(f"{base}/health", processes[-1], "mlflow server", run / "mlflow_server.log")
         else:
             base = record.tracking_uri
-        print(f"MLflow: {base}/#/experiments/{record.experiment_id}/runs", flush=True)
+        print(f"MLflow: {_runs_url(base, record.experiment_id)}", flush=True)
         if optuna:
             dashboard = shutil.which(
                 "optuna-dashboard",

@@ -1,6 +1,7 @@
 """Shared fixtures: one local Ray for the tests that search in-process, and real MLflow servers."""
 
 import os
+import pickle
 import signal
 import socket
 import sqlite3
@@ -10,6 +11,7 @@ import time
 import urllib.request
 from contextlib import closing
 
+import numpy as np
 import pytest
 
 os.environ["RAY_AUTH_MODE"] = "disabled"  # local test clusters: no token under ~/.ray
@@ -115,3 +117,29 @@ def mlflow_server(tmp_path):
     server = MlflowServer(tmp_path)
     yield server
     server.kill()
+
+
+def write_cifar10(root, n_per_batch=6, test_labels=None):
+    """Tiny CIFAR-10 in the official python format: pickled dicts of bytes keys, rows of 3072 uint8;
+    `test_labels` replace test_batch's labels. Returns each file's (data, labels)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    written = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, n_per_batch)]
+        if name == "test_batch" and test_labels is not None:
+            labels = [int(v) for v in test_labels]
+        with open(folder / name, "wb") as f:
+            pickle.dump(
+                {
+                    b"batch_label": name.encode(),
+                    b"labels": labels,
+                    b"data": data,
+                    b"filenames": [b"x.png"] * n_per_batch,
+                },
+                f,
+            )
+        written[name] = (data, labels)
+    return written

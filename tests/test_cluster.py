@@ -128,6 +128,7 @@ def test_search_on_a_two_node_cluster_uses_both_nodes_and_shared_storage(tmp_pat
             "num_samples": 4,
             "max_concurrent": 2,
             "reuse_actors": False,
+            "confirm": {"seeds": 0},
         }
         (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
         shared = tmp_path / "shared"

@@ -1,35 +1,16 @@
-"""Datasets: CIFAR files in the official format, digits split, label noise, on-device augmentation."""
+"""Datasets: CIFAR files in the official format, three fixed splits, MNIST-1D generated offline, label
+noise, on-device augmentation."""
 
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_cifar10
 
 from rst_tune.data import crop_and_flip, load_dataset, read_cifar, symmetric_label_noise
-
-
-def write_cifar10(root, n_per_batch=6):
-    """Tiny CIFAR-10 in the official python format: pickled dicts of bytes keys, rows of 3072 uint8."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    written = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, 10, n_per_batch)]
-        with open(folder / name, "wb") as f:
-            pickle.dump(
-                {
-                    b"batch_label": name.encode(),
-                    b"labels": labels,
-                    b"data": data,
-                    b"filenames": [b"x.png"] * n_per_batch,
-                },
-                f,
-            )
-        written[name] = (data, labels)
-    return written
 
 
 def write_cifar100(root, n=8):
@@ -63,11 +44,48 @@ def test_cifar10_reader_decodes_the_official_layout(tmp_path):
 
 def test_load_dataset_cifar100_uses_fine_labels_and_augments(tmp_path):
     write_cifar100(tmp_path)
-    data = load_dataset("cifar100", data_dir=str(tmp_path))
+    data = load_dataset("cifar100", data_dir=str(tmp_path), val_size=2)
     assert data.num_classes == 100 and data.shape == (3, 32, 32)
     assert data.crop_padding == 4 and data.flip
     with open(tmp_path / "cifar-100-python" / "train", "rb") as f:
-        assert data.train_y.tolist() == pickle.load(f, encoding="bytes")[b"fine_labels"]
+        fine = pickle.load(f, encoding="bytes")[b"fine_labels"]
+    assert len(data.train_y) == 6 and len(data.val_y) == 2
+    assert sorted(data.train_y.tolist() + data.val_y.tolist()) == sorted(fine)
+    with open(tmp_path / "cifar-100-python" / "test", "rb") as f:
+        assert data.test_y.tolist() == pickle.load(f, encoding="bytes")[b"fine_labels"]
+
+
+def rows(images: torch.Tensor) -> list[bytes]:
+    return [image.numpy().tobytes() for image in images]
+
+
+def test_cifar_splits_are_disjoint_fixed_and_independent_of_the_trial_seed(tmp_path):
+    written = write_cifar10(tmp_path, n_per_batch=40)
+    a = load_dataset("cifar10", data_dir=str(tmp_path), val_size=50, seed=1)
+    b = load_dataset("cifar10", data_dir=str(tmp_path), val_size=50, seed=2, label_noise=0.5)
+    assert (len(a.train_y), len(a.val_y), len(a.test_y)) == (150, 50, 40)
+    assert torch.equal(a.val_x, b.val_x) and torch.equal(a.val_y, b.val_y)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_x, b.test_x)
+    # train and validation partition the five training files; the test part is test_batch, in order
+    files = [written[f"data_batch_{i}"][0] for i in range(1, 6)]
+    training = {row.tobytes() for batch in files for row in batch.reshape(-1, 3, 32, 32)}
+    train, val = set(rows(a.train_x)), set(rows(a.val_x))
+    assert not train & val and train | val == training and len(training) == 200
+    assert rows(a.test_x) == [row.tobytes() for row in written["test_batch"][0].reshape(-1, 3, 32, 32)]
+    # stratified: each class's share of the validation part is its share of the training files
+    labels = np.concatenate([written[f"data_batch_{i}"][1] for i in range(1, 6)])
+    expected = np.bincount(labels, minlength=10) * 50 / 200
+    assert np.abs(np.bincount(a.val_y.numpy(), minlength=10) - expected).max() <= 1
+    c = load_dataset("cifar10", data_dir=str(tmp_path), val_size=30)
+    assert len(c.val_y) == 30 and not set(rows(c.train_x)) & set(rows(c.val_x))
+    with pytest.raises(ValueError, match="val_size=200 must be between 0 and the 200 training items"):
+        load_dataset("cifar10", data_dir=str(tmp_path), val_size=200)
+
+
+def test_val_size_zero_trains_on_every_training_image(tmp_path):
+    write_cifar10(tmp_path, n_per_batch=40)
+    data = load_dataset("cifar10", data_dir=str(tmp_path), val_size=0)
+    assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (200, 0, 40)
 
 
 def test_missing_cifar_says_where_to_put_it(tmp_path):
@@ -85,14 +103,47 @@ def test_unknown_dataset_is_an_error():
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():
-    a, b = load_dataset("digits", seed=1), load_dataset("digits", seed=2)
-    assert len(a.train_y) + len(a.val_y) == 1797 and len(a.val_y) == 360
-    assert torch.equal(a.val_x, b.val_x) and torch.equal(a.train_y, b.train_y)
-    counts = torch.bincount(a.val_y, minlength=10)
-    assert counts.min() >= 35 and counts.max() <= 37
-    train_rows = {tuple(x.flatten().tolist()) for x in a.train_x}
-    overlap = sum(tuple(x.flatten().tolist()) in train_rows for x in a.val_x)
-    assert overlap < 5  # a few digits images are exact duplicates in sklearn's set; no index leaks
+    a, b = load_dataset("digits", seed=1), load_dataset("digits", seed=2, label_noise=0.3)
+    assert (len(a.train_y), len(a.val_y), len(a.test_y)) == (1150, 288, 359)
+    for part in ("val_x", "val_y", "test_x", "test_y", "train_x"):
+        assert torch.equal(getattr(a, part), getattr(b, part))
+    for labels, size in ((a.val_y, 288), (a.test_y, 359)):
+        counts = torch.bincount(labels, minlength=10)
+        assert counts.min() >= size // 10 - 2 and counts.max() <= size // 10 + 2
+    train_rows = set(rows(a.train_x))
+    for part in (a.val_x, a.test_x):
+        # a few digits images are exact duplicates in sklearn's set; no index leaks
+        assert sum(row in train_rows for row in rows(part)) < 5
+    assert sum(row in set(rows(a.val_x)) for row in rows(a.test_x)) < 5
+
+
+def test_mnist1d_is_generated_offline_with_the_published_shapes_identically_twice():
+    """Generated in a fresh interpreter whose sockets raise, twice: the same signals, the published
+    4,000/1,000 split of 40-sample signals, 10 balanced classes."""
+    script = (
+        "import hashlib, socket, sys\n"
+        "class Offline(socket.socket):\n"
+        "    def connect(self, *a): raise OSError('network used')\n"
+        "socket.socket = Offline\n"
+        "socket.create_connection = lambda *a, **k: (_ for _ in ()).throw(OSError('network used'))\n"
+        "from rst_tune.data import load_dataset\n"
+        "d = load_dataset('mnist1d')\n"
+        "parts = [d.train_x, d.train_y, d.val_x, d.val_y, d.test_x, d.test_y]\n"
+        "print([tuple(p.shape) for p in parts], hashlib.sha256(b''.join(p.numpy().tobytes() for p in parts))"
+        ".hexdigest())\n"
+    )
+    outputs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    ]
+    assert outputs[0] == outputs[1]
+    assert outputs[0].startswith("[(3200, 1, 40), (3200,), (800, 1, 40), (800,), (1000, 1, 40), (1000,)]")
+    data = load_dataset("mnist1d")
+    labels = torch.cat([data.train_y, data.val_y, data.test_y])
+    assert torch.bincount(labels, minlength=10).tolist() == [500] * 10
+    assert data.train_x.dtype == torch.float32 and data.num_classes == 10
+    bigger = load_dataset("mnist1d", data_params={"num_samples": 10_000}, val_size=1000)
+    assert (len(bigger.train_y), len(bigger.val_y), len(bigger.test_y)) == (7000, 1000, 2000)
 
 
 def test_symmetric_label_noise_flips_exactly_that_fraction_to_other_classes():
@@ -109,7 +160,7 @@ def test_symmetric_label_noise_flips_exactly_that_fraction_to_other_classes():
 
 def test_label_noise_goes_to_training_labels_only():
     clean, noisy = load_dataset("digits"), load_dataset("digits", label_noise=0.4, seed=0)
-    assert torch.equal(clean.val_y, noisy.val_y)
+    assert torch.equal(clean.val_y, noisy.val_y) and torch.equal(clean.test_y, noisy.test_y)
     assert (clean.train_y != noisy.train_y).float().mean().item() == pytest.approx(0.4, abs=1e-3)
 
 

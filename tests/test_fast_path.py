@@ -63,7 +63,7 @@ def test_training_steps_never_synchronise_the_host(kind, precision):
 
 def test_compiled_model_does_not_recompile_across_sgd_and_sharpness_aware_steps():
     settings = {
-        "epochs": 2,
+        "epochs": 3,  # the checked epoch is not the last: the last evaluates the test part, a new shape
         "schedule": {"name": "constant", "params": {"p": 0.5}},
         "grst_weight": 0.3,
         "seed": 1,
@@ -87,4 +87,6 @@ def test_compiled_model_does_not_recompile_across_sgd_and_sharpness_aware_steps(
         # losses of epochs 1 and 2 differed by 1.3e-4 and 1.1e-3 (relative; seed 2: 1.4e-5, 2.6e-4),
         # the same before issue 12's changes
         assert compiled_metrics["train_loss"] == pytest.approx(eager_metrics["train_loss"], rel=1e-2)
-        assert compiled_metrics["val_accuracy"] == pytest.approx(eager_metrics["val_accuracy"], abs=1 / 360)
+        assert compiled_metrics["val_accuracy"] == pytest.approx(
+            eager_metrics["val_accuracy"], abs=1 / 288
+        )  # one of 288 validation images

@@ -10,6 +10,7 @@ from rst_tune.models import MODELS, build_model
 # (name, in_channels, image_size, params): small versions of every model, fast on a CPU
 CASES = [
     ("digits_cnn", 1, 8, {}),
+    ("mnist1d_cnn", 1, 40, {}),  # a signal: inputs N×C×L
     ("resnet18", 3, 32, {}),
     ("resnet18", 1, 8, {}),
     ("wrn", 3, 32, {"depth": 10, "width": 1}),
@@ -38,11 +39,12 @@ def test_forward_backward_float64_channels_last(name, in_channels, image_size, p
     if name == "vit":
         # torchvision zero-initialises the ViT head, which stops every gradient behind it at init
         nn.init.normal_(model.heads.head.weight)
-    x = torch.randn(2, in_channels, image_size, image_size, dtype=torch.float64)
-    expected = model(x)
-
-    model.to(memory_format=torch.channels_last)
-    logits = model(x.contiguous(memory_format=torch.channels_last))
+    signal = name == "mnist1d_cnn"
+    x = torch.randn(2, in_channels, image_size, *(() if signal else (image_size,)), dtype=torch.float64)
+    expected = logits = model(x)
+    if not signal:  # channels_last is a layout of images
+        model.to(memory_format=torch.channels_last)
+        logits = model(x.contiguous(memory_format=torch.channels_last))
     assert logits.shape == (2, 5)
     assert logits.dtype == torch.float64
     torch.testing.assert_close(logits, expected)
@@ -59,6 +61,15 @@ def test_digits_cnn_has_batchnorm_and_scales_with_width():
     assert [bn.num_features for bn in norms] == [32, 64, 128]
     narrow = build_model("digits_cnn", 10, 1, 8, width=8)
     assert [m.num_features for m in narrow.modules() if isinstance(m, nn.BatchNorm2d)] == [8, 16, 32]
+
+
+def test_mnist1d_cnn_is_three_stride_two_convolutions_of_32_channels_with_batchnorm():
+    model = build_model("mnist1d_cnn", 10, 1, 40)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
+    assert [(c.out_channels, c.stride) for c in convs] == [(32, (2,))] * 3
+    assert [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm1d)] == [32] * 3
+    assert model[-1].in_features == 32 * 5  # 40 -> 20 -> 10 -> 5 samples
+    assert model(torch.randn(4, 1, 40)).shape == (4, 10)
 
 
 def test_resnet18_has_cifar_stem_and_torchvision_body():
@@ -111,7 +122,9 @@ def test_vit_uses_torchvision_and_adapts_input_channels():
 
 
 def test_unknown_model_names_it_and_lists_valid_ones():
-    with pytest.raises(ValueError, match="'resnet50'.*digits_cnn, resnet18, wrn, pyramidnet, vit"):
+    with pytest.raises(
+        ValueError, match="'resnet50'.*digits_cnn, mnist1d_cnn, resnet18, wrn, pyramidnet, vit"
+    ):
         build_model("resnet50", 10)
 
 

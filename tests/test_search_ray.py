@@ -165,6 +165,7 @@ def test_resume_after_sigkill_keeps_exactly_num_samples_trials(tmp_path):
         "num_samples": 6,
         "max_concurrent": 2,
         "seed": 11,
+        "confirm": {"seeds": 0},  # confirmation's own resume is tested in test_confirm.py
     }
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     run_dir = tmp_path / "runs" / "resume"

@@ -32,7 +32,9 @@ def _metrics(**changes):
         sam_steps=12,
         propagations=42,
         expected_propagations=41.5,
+        degree_sum=9.0,
         wall_s=2.0,
+        devices=2.0,
     )
     return EpochMetrics.measured(**{**values, **changes})
 
@@ -62,6 +64,7 @@ def test_epoch_metrics_derive_their_ratios_from_the_counts():
     assert metrics.cost_ratio == 42 / 30 and metrics.sam_fraction == 12 / 30
     assert metrics.acc_per_prop == pytest.approx(0.75 / (42 / 30), rel=1e-15)
     assert metrics.propagations == metrics.steps + metrics.sam_steps  # a SAM step is one more propagation
+    assert metrics.grst_degree == 9.0 / 30 and metrics.device_seconds == 4.0
     assert tuple(metrics) == EPOCH_METRICS and dict(metrics)["steps"] == 30
     assert EpochMetrics.from_mapping({**metrics, "node_id": "x", "trial_id": "y"}) == metrics  # a Ray result
     with pytest.raises(KeyError):

@@ -202,3 +202,30 @@ def test_an_error_carries_each_problem_with_its_key_and_line(tmp_path):
             (4, "lr", "Input should be greater than 0 (got -1)"),
         ]
     )
+
+
+def test_check_warns_where_a_grst_family_can_fall_below_lambda_over_alpha_max():
+    """α = min(λ/p, alpha_max) caps the applied degree p·α below λ wherever p(t) < λ/alpha_max."""
+    from rst_tune.search.space import grst_warnings, summary
+
+    step_up = parse_spec(
+        {
+            "train": {"grst_weight": 0.8},
+            "space": {"schedule": {"step_up": {"switch": {"low": 0.2, "high": 0.8}}}},
+            "baselines": False,
+        }
+    )
+    (warning,) = grst_warnings(step_up)
+    assert warning.startswith("G-RST: step_up can reach p(t) = 0") and "0.8/4" in warning
+    assert "warning: G-RST: step_up" in summary(step_up)
+    high_p = {
+        "schedule": {"constant": {"p": {"low": 0.25, "high": 1.0}}},
+        "grst_weight": {"low": 0.1, "high": 1.0},
+    }
+    assert grst_warnings(parse_spec({"space": high_p})) == []  # p ≥ 0.25 = 1/4 everywhere
+    lower = {**high_p, "grst_weight": {"low": 0.1, "high": 1.2}}
+    assert (
+        "0.25, e.g. constant(p=0.25), below λ/alpha_max = 1.2/4"
+        in grst_warnings(parse_spec({"space": lower}))[0]
+    )
+    assert grst_warnings(parse_spec({"space": {"schedule": {"constant": {"p": 0.0}}}})) == []  # plain RST

@@ -259,6 +259,32 @@ def test_sam_fraction_is_within_four_sigma_of_mean_p():
     assert opt.expected_propagations == pytest.approx(n + ps.sum(), rel=1e-12)
 
 
+@pytest.mark.parametrize(
+    "family, params, weight",
+    [
+        ("step_up", {"switch": 0.5}, 0.8),  # p = 0 for half the run: degree 0.4, not 0.8
+        ("linear", {"p_start": 1.0, "p_end": 0.0}, 1.0),  # p·α = min(λ, 4p) falls below λ at p < 0.25
+        ("constant", {"p": 0.5}, 1.0),  # λ/p = 2 ≤ alpha_max: exactly λ
+        ("cosine", {"p_start": 0.9, "p_end": 0.1}, None),  # plain RST: p̄
+    ],
+)
+def test_degree_sum_adds_up_p_times_alpha(family, params, weight):
+    """Σ p(t)·α_t with α = min(λ/p, alpha_max) (G-RST) or 1 (RST), against the schedule in closed form."""
+    schedule = make_schedule(family, **params)
+    n = 400
+    w, opt, closure = quadratic(schedule=schedule, total_steps=n, grst_weight=weight, alpha_max=4.0, seed=2)
+    for _ in range(n):
+        opt.step(closure)
+    ps = np.array([schedule(s / n) for s in range(n)])
+    if weight is None:
+        expected = ps.sum()
+    else:
+        expected = np.where(ps > 0, np.minimum(weight, ps * 4.0), 0.0).sum()
+    assert opt.degree_sum == pytest.approx(expected, rel=1e-12)
+    if family == "step_up":
+        assert opt.degree_sum / n == pytest.approx(0.4, abs=0.005)
+
+
 def test_state_dict_round_trip_continues_the_same_sequence():
     schedule = make_schedule("constant", p=0.5)
     _, opt = coin_run(schedule, 50, seed=2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rst_tune.config import ConfigError, TrainConfig, load_config
-from rst_tune.train import EPOCH_METRICS, Trainer, train
+from rst_tune.train import EPOCH_METRICS, METRICS, Trainer, train
 
 FAST = {
     "epochs": 4,
@@ -35,7 +35,8 @@ def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
 
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
-    strip = lambda h: [{k: v for k, v in m.items() if k != "wall_s"} for m in h]  # noqa: E731
+    timed = ("wall_s", "device_seconds")
+    strip = lambda h: [{k: v for k, v in m.items() if k not in timed} for m in h]  # noqa: E731
     assert strip(straight.history) == strip(resumed.history)
     assert resumed.optimizer.state_dict()["rng"] == straight.optimizer.state_dict()["rng"]
 
@@ -48,21 +49,37 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
 
 
 def test_epoch_metrics_are_consistent():
-    seen = []
-    history = train(load_config(FAST | {"epochs": 2}), callback=seen.append)
-    assert seen == history and len(history) == 2
-    last = history[-1]
-    assert tuple(last) == EPOCH_METRICS
-    steps = 2 * (1437 // 128)
+    config = load_config(FAST | {"epochs": 2})
+    trainer = Trainer(config, devices=0.5)
+    history = list(trainer.fit())
+    assert history == trainer.history and len(history) == 2
+    seen = train(config)
+    assert [m.val_accuracy for m in seen] == [m.val_accuracy for m in history]
+    first, last = history
+    assert tuple(first) == EPOCH_METRICS  # the test part is measured at the last epoch only
+    assert tuple(last) == METRICS
+    steps = 2 * (1150 // 128)
     assert last["epoch"] == 2
     assert last["cost_ratio"] == last["propagations"] / steps
     assert last["sam_fraction"] == pytest.approx(last["cost_ratio"] - 1)
     assert last["acc_per_prop"] == pytest.approx(last["val_accuracy"] / last["cost_ratio"])
-    # linear 0.2 -> 0.8 over the run: Σ (1 + p(s/T))
+    # linear 0.2 -> 0.8 over the run: Σ (1 + p(s/T)); G-RST 0.3 with alpha_max 4: p·α = 0.3 throughout
     expected = sum(1 + 0.2 + 0.6 * s / steps for s in range(steps))
     assert last["expected_propagations"] == pytest.approx(expected)
+    assert last["grst_degree"] == pytest.approx(0.3)
     assert 0.0 <= last["train_accuracy"] <= 1.0 and math.isfinite(last["val_loss"])
-    assert last["wall_s"] > history[0]["wall_s"] > 0
+    assert last["wall_s"] > first["wall_s"] > 0
+    assert last["device_seconds"] == pytest.approx(0.5 * last["wall_s"])
+    # the test part: its own loss and accuracy, the same as evaluating it directly
+    assert (last["test_loss"], last["test_accuracy"]) == trainer.evaluate("test")
+    assert last["test_accuracy"] != last["val_accuracy"] or last["test_loss"] != last["val_loss"]
+    every = list(Trainer(load_config(FAST | {"epochs": 2, "test_every_epoch": True})).fit())
+    assert [tuple(m) for m in every] == [METRICS] * 2
+
+
+def test_val_size_zero_reports_no_validation_figures_and_tests_at_the_end():
+    history = train(load_config(FAST | {"epochs": 1, "val_size": 0}))
+    assert math.isnan(history[-1]["val_accuracy"]) and 0 <= history[-1]["test_accuracy"] <= 1
 
 
 def test_default_digits_run_reaches_90_percent_in_10_epochs():
@@ -96,7 +113,7 @@ def test_missing_cifar_directory_is_a_clear_error(tmp_path):
 
 
 def test_batch_larger_than_the_training_set_is_a_config_error():
-    with pytest.raises(ConfigError, match="batch_size: 5000 exceeds the 1437 training images"):
+    with pytest.raises(ConfigError, match="batch_size: 5000 exceeds the 1150 training images"):
         Trainer(load_config({"batch_size": 5000}))
 
 

@@ -6,6 +6,7 @@
 <run>/tracking.json             where the run logs to MLflow, and what it could not log
 <run>/mlflow.db, mlartifacts/   the MLflow store, unless the run logs elsewhere
 <run>/pareto.*, study.*         the report (each report names its own files)
+<run>/confirm/                  a search's confirmation: a study run folder of its own, inside the search's
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rst_tune.config import ConfigError
 KINDS = ("search", "study")
 Settings = TypeVar("Settings")
 EXPERIMENT = "trials"
+CONFIRMATION = "confirm"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ class RunFolder:
     def name(self) -> str:
         return self.path.name
 
+    def confirmation(self) -> RunFolder:
+        """The study run folder that confirms this search's front with fresh seeds."""
+        return RunFolder(self.path / CONFIRMATION, "study")
+
     @property
     def spec_file(self) -> Path:
         return self.path / f"{self.kind}.yaml"
@@ -89,8 +95,12 @@ class RunFolder:
         return optuna.storages.RDBStorage(self.study_url, engine_kwargs={"connect_args": {"timeout": 60}})
 
     def storage_path(self, storage: str | None) -> str:
-        """Where Ray keeps this run's trials: `<storage>/<run name>` with a storage, else the run folder."""
-        return f"{storage.rstrip('/')}/{self.name}" if storage else str(self.path.resolve())
+        """Where Ray keeps this run's trials: `<storage>/<run name>` (a confirmation's:
+        `<storage>/<search name>/confirm`) with a storage, else the run folder."""
+        if not storage:
+            return str(self.path.resolve())
+        nested = self.name == CONFIRMATION and (self.path.parent / "search.yaml").is_file()
+        return f"{storage.rstrip('/')}/{self.path.parent.name + '/' if nested else ''}{self.name}"
 
     def experiment_path(self, storage: str | None) -> str:
         return f"{self.storage_path(storage)}/{EXPERIMENT}"

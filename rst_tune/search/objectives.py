@@ -1,6 +1,7 @@
 """What a search optimises: the metrics Optuna is told, their directions, and the budget constraint.
 
-- `pareto` (default): maximise val_accuracy and minimise propagations; the result is a front.
+- `pareto` (default): maximise val_accuracy and minimise the cost (`COSTS`: propagations, or
+  device_seconds, the trial's training wall time × its devices); the result is a front.
 - `acc_per_prop`: maximise val_accuracy / cost_ratio. It rewards cheap schedules: halving the cost
   is worth as much as doubling the accuracy, so SGD-like schedules win unless sharpness-aware steps
   buy a lot. Right when compute is the scarce resource and small accuracy differences do not matter.
@@ -11,7 +12,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+COSTS = ("propagations", "device_seconds")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,12 @@ OBJECTIVES: dict[str, Objective] = {
     "acc_per_prop": Objective("acc_per_prop", ("acc_per_prop",), ("max",)),
     "accuracy_under_budget": Objective("accuracy_under_budget", ("val_accuracy",), ("max",)),
 }
+
+
+def objective_for(name: str, cost: str = "propagations") -> Objective:
+    """Objective `name`; for `pareto`, against `cost` (one of `COSTS`)."""
+    objective = OBJECTIVES[name]
+    return replace(objective, metrics=("val_accuracy", cost)) if name == "pareto" else objective
 
 
 def budget_constraint(cost_ratio: float, budget: float) -> float:

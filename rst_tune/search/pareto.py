@@ -1,18 +1,20 @@
 """The Pareto front of a search, read from its Optuna study: table, CSV, JSON, plot and hypervolume.
 
-The front is over val_accuracy (higher is better) and propagations (lower is better) of the trials
-that trained every epoch (COMPLETE, and within the budget when there is one), whatever the objective.
-The hypervolume is the area the front dominates above the reference point (val_accuracy 0,
-propagations of SAM at every step), divided by that reference's propagations.
+The front is over val_accuracy (higher is better) and a cost (lower is better: propagations, or
+device_seconds) of the trials that trained every epoch (COMPLETE, and within the budget when there is
+one), whatever the objective. Test accuracy is shown beside it, never used to choose. The
+hypervolume is the area the front dominates above the reference point (val_accuracy 0, and the
+propagations of SAM at every step, or the most device_seconds a trial took), divided by that cost.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,6 +48,41 @@ def hypervolume(front: Sequence[tuple[float, float]], reference: tuple[float, fl
     return area
 
 
+@dataclass(frozen=True)
+class ConfirmedPoint:
+    """A point of the search trained again with fresh seeds: means and 95 % intervals (Student t) over
+    the seeds that trained every epoch. It is on the confirmed front unless another confirmed point
+    costs no more and is more accurate on validation with a paired 95 % interval above zero
+    (`beaten_by`: that point's search trial)."""
+
+    trial: int  # the search trial it confirms
+    label: str
+    seeds: int
+    val_accuracy_mean: float
+    val_accuracy_ci: tuple[float, float]
+    test_accuracy_mean: float
+    test_accuracy_ci: tuple[float, float]
+    cost_ratio_mean: float
+    propagations_mean: float
+    device_seconds_mean: float
+    on_front: bool
+    beaten_by: int | None = None
+    baseline: str | None = None
+    # val_accuracy minus the SGD baseline's over the same seeds: mean and paired 95 % interval
+    vs_sgd: tuple[float, float, float] | None = None
+
+    def cost(self, name: str) -> float:
+        """Its mean `name` ("propagations" or "device_seconds")."""
+        return self.propagations_mean if name == "propagations" else self.device_seconds_mean
+
+    def to_json(self) -> dict[str, Any]:
+        nan_free = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
+        return {
+            k: [nan_free(x) for x in v] if isinstance(v, tuple) else nan_free(v)
+            for k, v in asdict(self).items()
+        }
+
+
 @dataclass
 class ParetoReport:
     files: ClassVar[tuple[str, ...]] = (
@@ -59,10 +96,26 @@ class ParetoReport:
     name: str
     objective: str
     budget: float | None
+    cost: str  # the cost axis: "propagations" or "device_seconds"
     trials: list[TrialRow]
     front: list[TrialRow]
-    reference_propagations: int | None
+    reference_cost: float | None
     hypervolume: float | None
+    confirmed: list[ConfirmedPoint] = field(default_factory=list)  # empty: not confirmed (yet)
+
+    def x(self, row: TrialRow) -> float:
+        """A trial's place on the plot's cost axis: its cost ratio (propagations per step), or its
+        device_seconds."""
+        return row.cost_ratio if self.cost == "propagations" else row.device_seconds
+
+    def confirmed_x(self, point: ConfirmedPoint) -> float:
+        """A confirmed point's place on the cost axis: the mean over its seeds."""
+        return point.cost_ratio_mean if self.cost == "propagations" else point.device_seconds_mean
+
+    def x_label(self) -> str:
+        if self.cost == "propagations":
+            return "cost ratio (propagations per step; SGD 1, SAM 2)"
+        return "device seconds (training wall time × devices)"
 
     def complete(self) -> list[TrialRow]:
         return [r for r in self.trials if r.state == "COMPLETE"]
@@ -83,42 +136,96 @@ class ParetoReport:
             "objective": self.objective,
             "budget": self.budget,
             "counts": self.counts(),
-            "reference_point": {"val_accuracy": 0.0, "propagations": self.reference_propagations},
+            "cost": self.cost,
+            "reference_point": {"val_accuracy": 0.0, self.cost: self.reference_cost},
             "hypervolume": self.hypervolume,
             "front": [r.to_json() for r in self.front],
+            "confirmed": [point.to_json() for point in self.confirmed],
             "trials": [r.to_json() for r in self.trials],
         }
 
     def table(self) -> str:
-        lines = [f"{'trial':>5}  {'val_acc':>7}  {'cost':>5}  {'propagations':>12}  config"]
+        lines = [
+            f"Pareto front (val_accuracy up, {self.cost} down):",
+            f"{'trial':>5}  {'val_acc':>7}  {'test_acc':>8}  {'cost':>5}  {'propagations':>12}  "
+            f"{'device_s':>8}  config",
+        ]
         for row in self.front:
             tag = f"  [{row.baseline}]" if row.baseline else ""
+            test = "–" if row.test_accuracy is None else f"{row.test_accuracy:.2%}"
             lines.append(
-                f"{row.number:>5}  {row.val_accuracy:>7.2%}  {row.cost_ratio:>5.3f}  "
-                f"{row.propagations:>12d}  {row.label}{tag}"
+                f"{row.number:>5}  {row.val_accuracy:>7.2%}  {test:>8}  {row.cost_ratio:>5.3f}  "
+                f"{row.propagations:>12d}  {row.device_seconds:>8.1f}  {row.label}{tag}"
             )
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.counts().items()))
         lines.append(f"{len(self.trials)} trials ({counts}); {len(self.front)} on the front")
         if self.hypervolume is not None:
-            lines.append(
-                f"hypervolume {self.hypervolume:.4f} (reference point: val_accuracy 0, propagations "
-                f"{self.reference_propagations} = SAM at every step; area divided by those propagations)"
+            reference = (
+                f"propagations {self.reference_cost:.0f} = SAM at every step"
+                if self.cost == "propagations"
+                else f"device_seconds {self.reference_cost:.1f} = the longest trial"
             )
+            lines.append(
+                f"hypervolume {self.hypervolume:.4f} (reference point: val_accuracy 0, {reference}; "
+                f"area divided by that cost)"
+            )
+        if self.confirmed:
+            lines += ["", *self.confirmed_table()]
         return "\n".join(lines)
 
+    def confirmed_table(self) -> list[str]:
+        seeds = max(point.seeds for point in self.confirmed)
+        lines = [
+            f"Confirmed front ({seeds} fresh seeds per point; a point leaves it when another costs no more "
+            "and is more accurate on validation, paired 95 % interval above zero):",
+            f"{'trial':>5}  {'val_acc (95 % CI)':>23}  {'test_acc (95 % CI)':>23}  "
+            f"{'vs SGD, pp (paired CI)':>22}  {'cost':>5}  {'device_s':>8}  config",
+        ]
 
-def build_report(study: optuna.Study, objective: str, budget: float | None) -> ParetoReport:
+        def interval(mean: float, ci: tuple[float, float]) -> str:
+            if math.isnan(mean):
+                return "–"
+            return f"{mean:.2%} ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})"
+
+        def versus(difference: tuple[float, float, float] | None) -> str:
+            if difference is None or math.isnan(difference[1]):
+                return "–"
+            return f"{100 * difference[0]:+.1f} ({100 * difference[1]:+.1f}…{100 * difference[2]:+.1f})"
+
+        for point in sorted(self.confirmed, key=lambda p: (not p.on_front, p.cost(self.cost))):
+            tag = f"  [{point.baseline}]" if point.baseline else ""
+            verdict = "" if point.on_front else f"  (beaten by trial {point.beaten_by})"
+            lines.append(
+                f"{point.trial:>5}  {interval(point.val_accuracy_mean, point.val_accuracy_ci):>23}  "
+                f"{interval(point.test_accuracy_mean, point.test_accuracy_ci):>23}  "
+                f"{versus(point.vs_sgd):>22}  {point.cost_ratio_mean:>5.3f}  "
+                f"{point.device_seconds_mean:>8.1f}  {point.label}{tag}{verdict}"
+            )
+        kept = sum(point.on_front for point in self.confirmed)
+        lines.append(
+            f"{len(self.confirmed)} points confirmed with {seeds} seeds each; {kept} on the confirmed front"
+        )
+        return lines
+
+
+def build_report(
+    study: optuna.Study, objective: str, budget: float | None, cost: str = "propagations"
+) -> ParetoReport:
+    """The front of `study`'s complete trials against `cost` ("propagations" or "device_seconds")."""
     rows = trial_rows(study)
     done = [r for r in rows if r.state == "COMPLETE" and (budget is None or r.cost_ratio <= budget)]
-    front = [done[i] for i in pareto_front([(r.val_accuracy, r.propagations) for r in done])]
-    front.sort(key=lambda r: (r.propagations, -r.val_accuracy))
-    reference = max((2 * r.metrics.steps for r in done), default=None)  # SAM at every step
+    front = [done[i] for i in pareto_front([(r.val_accuracy, getattr(r, cost)) for r in done])]
+    front.sort(key=lambda r: (getattr(r, cost), -r.val_accuracy))
+    if cost == "propagations":
+        reference = max((2 * r.metrics.steps for r in done), default=None)  # SAM at every step
+    else:
+        reference = max((r.device_seconds for r in done), default=None)
     volume = (
-        hypervolume([(r.val_accuracy, r.propagations) for r in front], (0.0, reference)) / reference
+        hypervolume([(r.val_accuracy, getattr(r, cost)) for r in front], (0.0, reference)) / reference
         if reference
         else None
     )
-    return ParetoReport(study.study_name, objective, budget, rows, front, reference, volume)
+    return ParetoReport(study.study_name, objective, budget, cost, rows, front, reference, volume)
 
 
 def write_report(report: ParetoReport, folder: str | Path) -> list[Path]:
@@ -133,8 +240,10 @@ def write_report(report: ParetoReport, folder: str | Path) -> list[Path]:
             "number",
             "label",
             "val_accuracy",
+            "test_accuracy",
             "cost_ratio",
             "propagations",
+            "device_seconds",
             "expected_cost",
             "seed",
             "ray_trial_id",
@@ -155,12 +264,14 @@ def plot_html(report: ParetoReport, path: Path) -> None:
 
     def points(rows: list[TrialRow], name: str, **style) -> go.Scatter:
         return go.Scatter(
-            x=[r.cost_ratio for r in rows],
+            x=[report.x(r) for r in rows],
             y=[r.val_accuracy for r in rows],
             name=name,
             **style,
             text=[f"trial {r.number}: {r.label}" + (f" [{r.baseline}]" if r.baseline else "") for r in rows],
-            hovertemplate="%{text}<br>cost %{x:.3f}, val_accuracy %{y:.2%}<extra></extra>",
+            hovertemplate="%{text}<br>"
+            + report.x_label()
+            + " %{x:.3f}, val_accuracy %{y:.2%}<extra></extra>",
         )
 
     complete, stopped = report.complete(), report.stopped_early()
@@ -184,7 +295,7 @@ def plot_html(report: ParetoReport, path: Path) -> None:
     )
     fig.update_layout(
         title=f"{report.name}: accuracy against compute ({report.objective})",
-        xaxis_title="cost ratio (SGD 1, SAM 2)",
+        xaxis_title=report.x_label(),
         yaxis_title="validation accuracy",
         yaxis_tickformat=".1%",
     )
@@ -201,7 +312,7 @@ def plot(report: ParetoReport, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     complete, stopped = report.complete(), report.stopped_early()
     ax.scatter(
-        [r.cost_ratio for r in complete],
+        [report.x(r) for r in complete],
         [r.val_accuracy for r in complete],
         s=22,
         color="0.6",
@@ -210,7 +321,7 @@ def plot(report: ParetoReport, path: Path) -> None:
     )
     if stopped:
         ax.scatter(
-            [r.cost_ratio for r in stopped],
+            [report.x(r) for r in stopped],
             [r.val_accuracy for r in stopped],
             s=22,
             facecolors="none",
@@ -219,14 +330,14 @@ def plot(report: ParetoReport, path: Path) -> None:
             zorder=2,
         )
     ax.step(
-        [r.cost_ratio for r in report.front],
+        [report.x(r) for r in report.front],
         [r.val_accuracy for r in report.front],
         where="post",
         color="tab:red",
         zorder=3,
     )
     ax.scatter(
-        [r.cost_ratio for r in report.front],
+        [report.x(r) for r in report.front],
         [r.val_accuracy for r in report.front],
         s=40,
         color="tab:red",
@@ -237,7 +348,7 @@ def plot(report: ParetoReport, path: Path) -> None:
         rows = [r for r in complete if r.baseline == name]
         if rows:
             ax.scatter(
-                [r.cost_ratio for r in rows],
+                [report.x(r) for r in rows],
                 [r.val_accuracy for r in rows],
                 s=90,
                 marker=marker,
@@ -247,9 +358,28 @@ def plot(report: ParetoReport, path: Path) -> None:
                 label=f"{name} baseline",
                 zorder=5,
             )
-    if report.budget is not None:
+    for on_front, color, name in (
+        (True, "tab:green", "confirmed front"),
+        (False, "tab:olive", "confirmed, beaten"),
+    ):
+        points = [point for point in report.confirmed if point.on_front == on_front]
+        if points:
+            ax.errorbar(
+                [report.confirmed_x(point) for point in points],
+                [point.val_accuracy_mean for point in points],
+                yerr=[
+                    [point.val_accuracy_mean - point.val_accuracy_ci[0] for point in points],
+                    [point.val_accuracy_ci[1] - point.val_accuracy_mean for point in points],
+                ],
+                fmt="^",
+                color=color,
+                capsize=4,
+                label=f"{name} ({len(points)}; mean of {points[0].seeds} fresh seeds, 95 % CI)",
+                zorder=6,
+            )
+    if report.budget is not None and report.cost == "propagations":
         ax.axvline(report.budget, color="tab:blue", linestyle="--", label=f"budget {report.budget:g}")
-    ax.set_xlabel("cost ratio (propagations per step; SGD 1, SAM 2)")
+    ax.set_xlabel(report.x_label())
     ax.set_ylabel("validation accuracy")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_title(f"{report.name}: accuracy against compute ({report.objective})")

@@ -131,8 +131,20 @@ class TrialRow:
         return self.metrics.cost_ratio if self.metrics else None
 
     @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.test_accuracy if self.metrics else None
+
+    @property
     def propagations(self) -> int | None:
         return int(self.metrics.propagations) if self.metrics else None
+
+    @property
+    def device_seconds(self) -> float | None:
+        return self.metrics.device_seconds if self.metrics else None
+
+    @property
+    def grst_degree(self) -> float | None:
+        return self.metrics.grst_degree if self.metrics else None
 
     @property
     def epochs(self) -> int | None:
@@ -146,8 +158,11 @@ class TrialRow:
             "label": self.label,
             "baseline": self.baseline,
             "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.test_accuracy,
             "cost_ratio": self.cost_ratio,
             "propagations": self.propagations,
+            "device_seconds": self.device_seconds,
+            "grst_degree": self.grst_degree,
             "expected_cost": self.expected_cost,
             "epochs": self.epochs,
             "seed": self.seed,

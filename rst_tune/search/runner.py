@@ -13,8 +13,10 @@ import optuna
 import ray
 from ray import tune
 
+from rst_tune.config import ConfigError
 from rst_tune.search.cluster import check_shared, spans_machines
 from rst_tune.search.folder import EXPERIMENT, RunFolder
+from rst_tune.search.objectives import COSTS
 from rst_tune.search.pareto import ParetoReport, build_report, write_report
 from rst_tune.search.progress import Progress
 from rst_tune.search.record import TrialRecord, TrialRow, trial_rows
@@ -205,11 +207,18 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], SearchSpec]:
     return RunFolder.existing(run_dir, "search").read_settings(parse_spec)
 
 
-def search_report(run_dir: str | Path) -> ParetoReport:
-    """Build the Pareto report of a search run from its Optuna study and write its files there."""
+def read_search_report(run_dir: str | Path, cost: str | None = None) -> ParetoReport:
+    """The Pareto report of a search run, from its Optuna study, against `cost` (default: the search's)."""
+    if cost is not None and cost not in COSTS:
+        raise ConfigError(f"--cost {cost}: choose one of {', '.join(COSTS)}")
     folder = RunFolder.existing(run_dir, "search")
     _, spec = folder.read_settings(parse_spec)
     study = optuna.load_study(study_name=spec.name, storage=folder.study_storage())
-    report = build_report(study, spec.objective, spec.budget)
-    write_report(report, folder.path)
+    return build_report(study, spec.objective, spec.budget, cost or spec.cost)
+
+
+def search_report(run_dir: str | Path, cost: str | None = None) -> ParetoReport:
+    """Build the Pareto report of a search run (see `read_search_report`) and write its files there."""
+    report = read_search_report(run_dir, cost)
+    write_report(report, Path(run_dir))
     return report

@@ -21,11 +21,11 @@ from ray.tune.search import Searcher
 
 from rst_tune.config import ConfigError
 from rst_tune.search._optuna import take_up
-from rst_tune.search.objectives import OBJECTIVES, budget_constraint
+from rst_tune.search.objectives import budget_constraint, objective_for
 from rst_tune.search.record import TrialRecord
 from rst_tune.search.space import DefineByRun, points_to_evaluate
 from rst_tune.search.spec import SearchSpec
-from rst_tune.train import EPOCH_METRICS
+from rst_tune.train import METRICS
 
 MAX_DRAWS = 200  # configurations drawn per trial in search of one within the budget
 
@@ -55,7 +55,7 @@ class RSTSearch(Searcher):
         enqueue: bool = True,
         space: Callable[[optuna.Trial], TrialRecord] | None = None,
     ):
-        self.objective = OBJECTIVES[spec.objective]
+        self.objective = objective_for(spec.objective, spec.cost)
         metric, mode = list(self.objective.metrics), list(self.objective.modes)
         super().__init__(
             metric=metric[0] if self.objective.scalar else metric,
@@ -132,7 +132,7 @@ class RSTSearch(Searcher):
         if self._told(trial):
             return  # told before the driver was interrupted
         state, values, reason = self._outcome(result, error, failure)
-        for key in EPOCH_METRICS:
+        for key in METRICS:
             if result and key in result:
                 trial.set_user_attr(key, result[key])
         if reason:

@@ -6,10 +6,12 @@ Optuna parameter names: `schedule` (the family), `schedule.<family>.<param>` (it
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
 from rst_tune.config import ConfigError, TrainConfig, load_config
+from rst_tune.schedules import Schedule
 from rst_tune.search.record import TrialRecord
 from rst_tune.search.spec import Dimension, SearchSpec
 
@@ -154,9 +156,39 @@ def points_to_evaluate(spec: SearchSpec) -> list[dict[str, Any]]:
 
 
 def summary(spec: SearchSpec) -> str:
-    """What the search will run, in one line (`rst-tune search --check`)."""
+    """What the search will run, in one line, then its warnings (`rst-tune search --check`)."""
     searched = ", ".join(_searched_keys(spec)) or "nothing"
-    return (
+    line = (
         f"{spec.num_samples} trials of {spec.train_config().epochs} epochs, objective {spec.objective}, "
         f"searching {searched}, {len(points_to_evaluate(spec))} points first"
     )
+    return "\n".join([line, *(f"warning: {warning}" for warning in grst_warnings(spec))])
+
+
+def grst_warnings(spec: SearchSpec) -> list[str]:
+    """Where a G-RST configuration of the space applies less regularisation than its weight λ: a
+    sharpness-aware step's α = min(λ/p, alpha_max) caps the degree p·α at p·alpha_max < λ wherever
+    p(t) < λ/alpha_max (none at all where p = 0)."""
+    base = spec.train_config()
+    weight = spec.dimensions.get("grst_weight")
+    largest = (
+        max(v for v in weight.values_to_check() if v is not None) if weight is not None else base.grst_weight
+    )
+    if largest is None:
+        return []
+    alpha = spec.dimensions.get("alpha_max")
+    alpha_max = min(alpha.values_to_check()) if alpha is not None else base.alpha_max
+    threshold = largest / alpha_max
+    progress = [i / 200 for i in range(201)]
+    lowest: dict[str, tuple[float, Schedule]] = {}
+    for schedule in spec.corner_schedules():
+        low = min(schedule(t) for t in progress)
+        if low < lowest.get(schedule.name, (math.inf,))[0]:
+            lowest[schedule.name] = (low, schedule)
+    return [
+        f"G-RST: {name} can reach p(t) = {low:.3g}, e.g. {schedule}, below λ/alpha_max = "
+        f"{largest:g}/{alpha_max:g}; there the regularisation applied is p·alpha_max < λ (each trial "
+        "records the mean it got as grst_degree)"
+        for name, (low, schedule) in lowest.items()
+        if low < threshold
+    ]

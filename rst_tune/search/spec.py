@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from rst_tune.config import ConfigError, TrainConfig, load_config, validation_problems
 from rst_tune.schedules import Schedule, make_schedule, schedule_params
-from rst_tune.search.objectives import OBJECTIVES
+from rst_tune.search.objectives import COSTS, OBJECTIVES
 from rst_tune.search.settings import Lines, RunSettings, Strict, load_settings, parse_settings
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
@@ -87,6 +87,25 @@ class EarlyStopping(Strict):
     )
 
 
+class Confirm(Strict):
+    """After the search, train the front and the points within `margin` of it (at most `max_points` of
+    them), and the SGD and SAM baselines, again with `seeds` fresh seeds (0: no confirmation)."""
+
+    seeds: int = Field(3, ge=0, description="fresh seeds per confirmed point; 0 turns confirmation off")
+    margin: float = Field(
+        0.01, ge=0.0, le=1.0, description="also confirm points within this val_accuracy of the front"
+    )
+    max_points: int = Field(
+        6, ge=1, description="points confirmed at most besides SGD and SAM, the front first"
+    )
+
+    @model_validator(mode="after")
+    def _enough_seeds(self) -> Confirm:
+        if self.seeds == 1:
+            raise ValueError("an interval needs at least 2 seeds (0 turns confirmation off)")
+        return self
+
+
 class SearchSpec(RunSettings):
     """A whole search: fixed training settings, searched dimensions, objective, sampler and budget."""
 
@@ -94,6 +113,8 @@ class SearchSpec(RunSettings):
 
     space: dict[str, Any] = Field(default_factory=dict)
     objective: Literal[tuple(OBJECTIVES)] = "pareto"  # type: ignore[valid-type]
+    cost: Literal[COSTS] = "propagations"  # type: ignore[valid-type]
+    confirm: Confirm = Field(default_factory=Confirm)
     budget: float | None = Field(
         None, ge=1.0, le=2.0, description="accuracy_under_budget: the largest cost ratio allowed"
     )
@@ -119,6 +140,11 @@ class SearchSpec(RunSettings):
     @model_validator(mode="after")
     def _compile(self) -> SearchSpec:
         base = self.train_config()
+        if base.val_size == 0:
+            raise ConfigError(
+                "a search needs validation data to select on: 0 leaves none (a study may use 0)",
+                key=("train", "val_size"),
+            )
         for key, raw in self.space.items():
             if key == "schedule":
                 self._schedule = _schedule_families(raw)
@@ -130,6 +156,10 @@ class SearchSpec(RunSettings):
                 )
             else:
                 self._dimensions[key] = _dimension(raw, ("space", key))
+                if key == "val_size" and self._dimensions[key].contains(0):
+                    raise ConfigError(
+                        "a search needs validation data to select on: 0 leaves none", key=("space", key)
+                    )
                 for value in self._dimensions[key].values_to_check():
                     _check_setting(base, key, value)
         if self.objective == "accuracy_under_budget" and self.budget is None:
@@ -162,9 +192,14 @@ class SearchSpec(RunSettings):
     def cheapest_schedule(self) -> tuple[float, Schedule]:
         """The lowest expected cost 1 + p̄ the space can reach, and its schedule. Every p̄ is
         multilinear in the shape parameters, so the minimum lies on a corner of their box."""
+        schedule = min(self.corner_schedules(), key=lambda s: s.mean())
+        return schedule.expected_cost(), schedule
+
+    def corner_schedules(self) -> list[Schedule]:
+        """The schedule of every corner of each family's parameter box (the fixed schedule in `train`
+        when none is searched)."""
         if not self._schedule:
-            schedule = self.train_config().schedule.build()
-            return schedule.expected_cost(), schedule
+            return [self.train_config().schedule.build()]
         corners = []
         for name, family in self._schedule.items():
             ranges = [
@@ -177,8 +212,7 @@ class SearchSpec(RunSettings):
                 make_schedule(name, **dict(zip(family.params, values)))
                 for values in itertools.product(*ranges)
             ]
-        schedule = min(corners, key=lambda s: s.mean())
-        return schedule.expected_cost(), schedule
+        return corners
 
 
 def _dimension(raw: Any, key: tuple[str, ...]) -> Dimension:

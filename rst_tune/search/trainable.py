@@ -19,12 +19,12 @@ CHECKPOINT_FILE = "trainer.pt"
 
 def train_trial(config: dict[str, Any]) -> None:
     """Train the trial whose record is `config`, resuming from Tune's checkpoint if there is one. Every
-    epoch reports the engine's metrics with `expected_cost`, the Ray node it ran on, and a checkpoint.
-    A diverged epoch is reported with a `failure` reason, then raised, so the trial ends FAILED with
-    that reason."""
+    epoch reports the engine's metrics (`device_seconds` counts the devices it holds) with
+    `expected_cost`, the Ray node it ran on, and a checkpoint. A diverged epoch is reported with a
+    `failure` reason, then raised, so the trial ends FAILED with that reason."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per checkpoint
     record = TrialRecord.from_config(config)
-    trainer = Trainer(record.train)
+    trainer = Trainer(record.train, devices=held_devices())
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -32,7 +32,8 @@ def train_trial(config: dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     for metrics in trainer.fit():
         result = {**metrics, "expected_cost": record.expected_cost, "node_id": node_id}
-        diverged = [key for key in ("train_loss", "val_loss") if not math.isfinite(metrics[key])]
+        watched = ("train_loss", "val_loss") if len(trainer.data.val_y) else ("train_loss",)
+        diverged = [key for key in watched if not math.isfinite(metrics[key])]
         if diverged:
             reason = f"diverged: {diverged[0]} is {metrics[diverged[0]]} at epoch {metrics.epoch}"
             ray.tune.report({**result, "failure": reason})
@@ -40,6 +41,11 @@ def train_trial(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(Path(folder) / CHECKPOINT_FILE)
             ray.tune.report(result, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+
+
+def held_devices() -> float:
+    """The devices this trial holds: its GPUs (a fraction when it shares one), else its CPU as one."""
+    return ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0) or 1.0
 
 
 def saved_weights(checkpoint: ray.tune.Checkpoint) -> dict[str, Any]:

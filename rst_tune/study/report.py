@@ -27,10 +27,11 @@ class ConfigurationRow:
     baseline: str | None
     seeds: int  # seeds that trained every epoch (COMPLETE)
     val_accuracy: Spread
+    test_accuracy: Spread  # n = 0 when the data has no test part
     cost_ratio: Spread
     propagations: float  # mean over seeds
     expected_cost: float
-    against: dict[str, Comparison]  # "SGD" / "SAM" -> val_accuracy difference and Welch p-value (not itself)
+    against: dict[str, Comparison]  # "SGD" / "SAM" -> difference of `measure` and Welch p-value (not itself)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class StudyReport:
     name: str
     seeds: int
     epochs: int
+    measure: str  # what the comparisons compare: val_accuracy, or test_accuracy when there is no validation
     trials: list[TrialRow]
     rows: list[ConfigurationRow]
 
@@ -50,25 +52,40 @@ class StudyReport:
     def summary_metrics(self) -> dict[str, float]:
         return {}
 
+    def accuracies(self) -> list[str]:
+        """The accuracy columns the table shows: val_accuracy where the data has a validation part,
+        test_accuracy where it has a test part."""
+        return [
+            name
+            for name in ("val_accuracy", "test_accuracy")
+            if any(getattr(row, name).n and not math.isnan(getattr(row, name).mean) for row in self.rows)
+        ]
+
     def table(self) -> str:
         """The Markdown table: accuracies in %, differences in percentage points."""
+        shown = self.accuracies()
         head = [
             "configuration",
             "seeds",
-            "val_accuracy (mean ± sd)",
-            "95 % CI",
+            *(column for name in shown for column in (f"{name} (mean ± sd)", "95 % CI")),
             "cost ratio",
             "propagations",
             *(f"vs {ref}: Δ pp (p)" for ref in REFERENCES),
         ]
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         for row in self.rows:
-            acc = row.val_accuracy
+            spreads = [getattr(row, name) for name in shown]
             cells = [
                 row.configuration + (f" **[{row.baseline}]**" if row.baseline else ""),
                 f"{row.seeds}/{self.seeds}",
-                f"{_pct(acc.mean)} ± {_pct(acc.sd)}",
-                f"{_pct(acc.ci_low)} – {_pct(acc.ci_high)}",
+                *(
+                    cell
+                    for acc in spreads
+                    for cell in (
+                        f"{_pct(acc.mean)} ± {_pct(acc.sd)}",
+                        f"{_pct(acc.ci_low)} – {_pct(acc.ci_high)}",
+                    )
+                ),
                 _num(row.cost_ratio.mean, ".3f"),
                 _num(row.propagations, ".0f"),
                 *(_versus(row, ref) for ref in REFERENCES),
@@ -78,7 +95,7 @@ class StudyReport:
         lines.append("")
         lines.append(
             f"{len(self.rows)} configurations × {self.seeds} seeds, {self.epochs} epochs each ({counts}). "
-            "Δ: difference of mean val_accuracy in percentage points; p: Welch's two-sided t-test."
+            f"Δ: difference of mean {self.measure} in percentage points; p: Welch's two-sided t-test."
         )
         return "\n".join(lines)
 
@@ -87,6 +104,7 @@ class StudyReport:
             "name": self.name,
             "seeds": self.seeds,
             "epochs": self.epochs,
+            "measure": self.measure,
             "counts": self.counts(),
             "configurations": [asdict(r) for r in self.rows],
             "trials": [r.to_json() for r in self.trials],
@@ -126,7 +144,9 @@ def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
     labels = [spec.label(i) for i in range(len(spec.configurations))]
     configs = [spec.train_config_of(i) for i in range(len(labels))]
     baselines = [baseline_name(config) for config in configs]
-    accuracies = {label: [t.val_accuracy for t in done if t.configuration == label] for label in labels}
+    has_val = any(not math.isnan(t.val_accuracy) for t in done)
+    measure = "val_accuracy" if has_val or not done else "test_accuracy"
+    accuracies = {label: [getattr(t, measure) for t in done if t.configuration == label] for label in labels}
     references = {}
     for label, baseline in zip(labels, baselines):
         if baseline in REFERENCES and baseline not in references:
@@ -139,7 +159,8 @@ def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
                 configuration=label,
                 baseline=baseline,
                 seeds=len(mine),
-                val_accuracy=spread(accuracies[label]),
+                val_accuracy=spread([t.val_accuracy for t in mine]),
+                test_accuracy=spread([t.test_accuracy for t in mine if t.test_accuracy is not None]),
                 cost_ratio=spread([t.cost_ratio for t in mine]),
                 propagations=spread([t.propagations for t in mine]).mean,
                 expected_cost=config.schedule.build().expected_cost(),
@@ -150,7 +171,7 @@ def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
                 },
             )
         )
-    return StudyReport(spec.name, spec.seeds, spec.train_config().epochs, trials, rows)
+    return StudyReport(spec.name, spec.seeds, spec.train_config().epochs, measure, trials, rows)
 
 
 def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
@@ -171,6 +192,10 @@ def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
                 "val_accuracy_sd",
                 "ci95_low",
                 "ci95_high",
+                "test_accuracy_mean",
+                "test_accuracy_sd",
+                "test_ci95_low",
+                "test_ci95_high",
                 "cost_ratio_mean",
                 "propagations_mean",
                 "expected_cost",
@@ -189,6 +214,10 @@ def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
                     acc.sd,
                     acc.ci_low,
                     acc.ci_high,
+                    row.test_accuracy.mean,
+                    row.test_accuracy.sd,
+                    row.test_accuracy.ci_low,
+                    row.test_accuracy.ci_high,
                     row.cost_ratio.mean,
                     row.propagations,
                     row.expected_cost,
@@ -201,8 +230,9 @@ def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
 
 
 def plot_study(report: StudyReport, path: Path) -> None:
-    """Left: mean val_accuracy against mean cost ratio. Right: every configuration side by side.
-    Error bars are 95 % intervals; SGD and SAM are marked, their means drawn across both panels."""
+    """Left: mean accuracy (the report's `measure`) against mean cost ratio. Right: every configuration
+    side by side. Error bars are 95 % intervals; SGD and SAM are marked, their means drawn across both
+    panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,7 +245,7 @@ def plot_study(report: StudyReport, path: Path) -> None:
         1, 2, figsize=(12, 5.5), dpi=120, sharey=True, gridspec_kw={"width_ratios": [1, 1.6]}
     )
     for x, row in enumerate(rows):
-        acc = row.val_accuracy
+        acc = getattr(row, report.measure)
         marker, color = styles.get(row.baseline or "", ("o", "tab:blue"))
         error = [[acc.mean - acc.ci_low], [acc.ci_high - acc.mean]] if row.seeds > 1 else None
         label = f"{row.baseline} baseline" if row.baseline in styles else None
@@ -234,7 +264,7 @@ def plot_study(report: StudyReport, path: Path) -> None:
             for ax in (by_cost, by_name):
                 ax.axhline(acc.mean, color=color, linestyle=":", linewidth=1, zorder=1)
     by_cost.set_xlabel("cost ratio (propagations per step; SGD 1, SAM 2)")
-    by_cost.set_ylabel("validation accuracy: mean over seeds, 95 % CI")
+    by_cost.set_ylabel(f"{report.measure}: mean over seeds, 95 % CI")
     by_cost.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     by_name.set_xticks(
         range(len(rows)),

@@ -87,7 +87,16 @@ class StudySpec(RunSettings):
     def search_spec(self) -> SearchSpec:
         """The same trials as a search with nothing to sample, for the runner."""
         shared = self.model_dump(include=set(RunSettings.model_fields))
-        return SearchSpec(**shared, num_samples=self.num_samples, sampler={"name": "random"}, baselines=False)
+        # the runner reads the epochs from `train`, the trials come from the plan: a study's val_size 0
+        # (train on everything, report test), which a search refuses, is none of the runner's business
+        shared["train"] = {k: v for k, v in self.train.items() if k != "val_size"}
+        return SearchSpec(
+            **shared,
+            num_samples=self.num_samples,
+            sampler={"name": "random"},
+            baselines=False,
+            confirm={"seeds": 0},
+        )
 
 
 def parse_study(values: Any, source: str = "study", lines: Lines | None = None) -> StudySpec:

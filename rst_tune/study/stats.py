@@ -1,4 +1,5 @@
-"""Statistics over seeds: mean, sample standard deviation, Student-t 95 % interval, Welch's t-test."""
+"""Statistics over seeds: mean, sample standard deviation, Student-t 95 % interval, Welch's t-test and
+the paired t-test."""
 
 from __future__ import annotations
 
@@ -53,3 +54,19 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Comparison:
         result = stats.ttest_ind(a, b, equal_var=False)
         interval = result.confidence_interval(0.95)
     return Comparison(difference, float(result.pvalue), float(interval.low), float(interval.high))
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> Comparison:
+    """a − b over pairs (the same seed): mean difference, the paired t-test's two-sided p-value and its
+    95 % interval; nan where undefined (fewer than 2 pairs, or every difference equal)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
+    if not a:
+        return Comparison(math.nan, math.nan)
+    differences = [x - y for x, y in zip(a, b)]
+    mean = statistics.fmean(differences)
+    if len(a) < 2 or len(set(differences)) == 1:
+        return Comparison(mean, math.nan)
+    result = stats.ttest_rel(a, b)
+    interval = result.confidence_interval(0.95)
+    return Comparison(mean, float(result.pvalue), float(interval.low), float(interval.high))

@@ -3,10 +3,11 @@
     from rst_tune.tracking import tracker_for
     run_search(values, spec, run_dir, callbacks=[tracker_for(run_dir, spec)])
 
-Public names: `tracker_for`, `RunTracker`, `TrackingRecord`. Everything else is private.
+Public names: `tracker_for`, `RunTracker`, `TrackingRecord`, `log_report_files`. Everything else is private.
 """
 
+from rst_tune.tracking.parent import log_report_files
 from rst_tune.tracking.record import TrackingRecord
 from rst_tune.tracking.tracker import RunTracker, tracker_for
 
-__all__ = ["RunTracker", "TrackingRecord", "tracker_for"]
+__all__ = ["RunTracker", "TrackingRecord", "log_report_files", "tracker_for"]

@@ -3,8 +3,10 @@ closed with the report when it ends."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -21,6 +23,25 @@ from rst_tune.tracking.record import TrackingRecord
 from rst_tune.tracking.trials import set_status
 
 PACKAGES = ("rst-tune", "torch", "ray", "optuna", "mlflow")
+TRIALS_VIEW = "rst-trials"
+"""The id of the saved runs-table view (MLflow 3.17's "Views" menu) each experiment gets and `rst-tune ui`
+opens: `#/experiments/ID/runs?viewStateShareKey=rst-trials`."""
+TRIALS_VIEW_TAG = f"mlflow.sharedViewState.{TRIALS_VIEW}"
+VIEW_METRICS = ("val_accuracy", "test_accuracy", "cost_ratio", "device_seconds")
+
+
+def trials_view() -> str:
+    """The trials view, as the experiment tag's value: a metric sort lists the trial runs flat, not nested
+    under the parent's collapsed row, best val_accuracy first; the columns are `VIEW_METRICS`."""
+    columns = [f"metrics.`{name}`" for name in VIEW_METRICS]
+    state = {
+        "orderByKey": columns[0],
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration", *columns],
+    }
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "Trials", "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
 
 
 def package_versions() -> dict[str, str]:
@@ -47,7 +68,8 @@ def open_parent(
     if found is FAILED:
         return None
     local = not mlflow.tracking_uri.startswith("http")
-    # tagged as a model-development experiment, the UI opens on its runs, not on GenAI traces
+    # the kind is for MLflow UIs that read it; 3.17 takes its GenAI or model-training mode from the URL
+    # (`rst-tune ui` sets it)
     experiment_id = (
         found.experiment_id
         if found
@@ -56,7 +78,7 @@ def open_parent(
             "create_experiment",
             experiment,
             artifact_location=folder.artifacts_dir.resolve().as_uri() if local else None,
-            tags={"mlflow.experimentKind": "custom_model_development"},
+            tags={"mlflow.experimentKind": "custom_model_development", TRIALS_VIEW_TAG: trials_view()},
         )
     )
     if experiment_id is FAILED:
@@ -104,8 +126,7 @@ def close_parent(
     for row in report.trials:
         if row.number in runs:
             set_status(mlflow, runs[row.number], row.state, row.reason)
-    for name in report.files:
-        mlflow.call("parent artifacts", "log_artifact", record.parent_run_id, str(folder.path / name))
+    _log_files(mlflow, record, folder, report)
     if report.front is not None:
         _tag_front(mlflow, record, runs, report.front, report.trials, checkpoints)
     stamp = int(time.time() * 1000)
@@ -114,6 +135,19 @@ def close_parent(
         mlflow.call("parent summary", "log_batch", record.parent_run_id, metrics=metrics)
     status = RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FINISHED)
     mlflow.call("parent status", "set_terminated", record.parent_run_id, status=status)
+
+
+def _log_files(mlflow: GuardedClient, record: TrackingRecord, folder: RunFolder, report: Report) -> None:
+    for name in report.files:
+        mlflow.call("parent artifacts", "log_artifact", record.parent_run_id, str(folder.path / name))
+
+
+def log_report_files(folder: RunFolder, report: Report, out: Callable[[str], None] = print) -> None:
+    """Log the report's files again to the run's parent run, after they were rewritten (a search's,
+    with its confirmed front); nothing when the run was not tracked."""
+    record = TrackingRecord.load(folder)
+    if record is not None:
+        _log_files(GuardedClient(record.tracking_uri, out), record, folder, report)
 
 
 def _tag_front(

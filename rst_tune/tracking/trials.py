@@ -6,7 +6,7 @@ from mlflow.entities import RunTag
 
 from rst_tune.search.record import TrialRecord
 from rst_tune.tracking.client import FAILED, GuardedClient
-from rst_tune.train import EPOCH_METRICS, EpochMetrics
+from rst_tune.train import EPOCH_METRICS, METRICS, EpochMetrics
 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # Optuna state -> MLflow status
 
@@ -41,7 +41,7 @@ def logged_history(mlflow: GuardedClient, run_id: str) -> list[EpochMetrics]:
     """The epochs a trial's run holds (an earlier driver logged them), in order; [] if unreadable."""
     series = {
         name: mlflow.call("run lookup", "get_metric_history", run_id, name)
-        for name in EPOCH_METRICS
+        for name in METRICS
         if name != "epoch"
     }
     if any(values is FAILED for values in series.values()):
@@ -53,5 +53,5 @@ def logged_history(mlflow: GuardedClient, run_id: str) -> list[EpochMetrics]:
     return [
         EpochMetrics.from_mapping(values)
         for _, values in sorted(by_epoch.items())
-        if len(values) == len(EPOCH_METRICS)
+        if all(name in values for name in EPOCH_METRICS)
     ]
