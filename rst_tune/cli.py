@@ -108,6 +108,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         tqdm.write(format_row(metrics))
         if args.checkpoint:
             trainer.save(args.checkpoint)
+    last = trainer.history[-1] if trainer.history else None
+    if last is not None and last.test_accuracy is not None:
+        print(f"test part: loss {last.test_loss:.4f}, accuracy {last.test_accuracy:.2%}")
     return 0
 
 

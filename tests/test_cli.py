@@ -1,5 +1,6 @@
 """`rst-tune train` as a user runs it: a subprocess, its table, its exit codes, its checkpoint."""
 
+import re
 import subprocess
 import sys
 
@@ -27,8 +28,9 @@ def test_train_prints_a_table_and_resumes_from_its_checkpoint(tmp_path):
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert "schedule step_down(switch=0.5) (p̄ = 0.500, expected cost 1.500)" in lines[0]
-    header, *rows = lines[1:]
+    header, *rows, test = lines[1:]
     assert header.split()[:5] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+    assert re.fullmatch(r"test part: loss \d+\.\d{4}, accuracy \d+\.\d\d%", test)  # after the last epoch
     assert [row.split()[0] for row in rows] == ["1", "2"]
     assert ckpt.exists()
     # step_down(0.5) over 2 epochs: every step of epoch 1 is sharpness-aware, so its cost is 2
@@ -46,7 +48,8 @@ def test_train_prints_a_table_and_resumes_from_its_checkpoint(tmp_path):
     )
     assert again.returncode == 0
     assert "resumed from" in again.stdout and "at epoch 2" in again.stdout
-    assert len(again.stdout.splitlines()) == 3  # resumed line, banner, header: nothing left to train
+    # resumed line, banner, header, the finished run's test line: nothing left to train
+    assert len(again.stdout.splitlines()) == 4 and again.stdout.splitlines()[-1] == test
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,9 @@ def run_confirmation(
         _, spec = search.read_settings(parse_spec)
         report = read_search_report(search.path)
         rows = candidates(report, spec.confirm.margin, spec.confirm.max_points)
+        if not rows:
+            out("nothing to confirm: no trial of the search trained every epoch")
+            return confirmed_report(search.path)
         used = {row.seed for row in report.trials if row.seed is not None}
         values = confirmation_settings(spec, rows, used)
         study = parse_study(values, str(folder.spec_file))
@@ -119,8 +122,10 @@ def confirmed_report(search_dir: str | Path, cost: str | None = None) -> ParetoR
     folder = search.confirmation()
     if folder.spec_file.is_file():
         _, study = folder.read_settings(parse_study)
-        rows = trial_rows(optuna.load_study(study_name=study.name, storage=folder.study_storage()))
-        report.confirmed = confirmed_points(rows, report.cost)
+        storage = folder.study_storage()
+        if study.name in optuna.get_all_study_names(storage):  # not before its first trial was asked
+            rows = trial_rows(optuna.load_study(study_name=study.name, storage=storage))
+            report.confirmed = confirmed_points(rows, report.cost)
     write_report(report, search.path)
     return report
 
