@@ -75,7 +75,7 @@ def test_config_file_and_overrides_merge(tmp_path):
     config.write_text("epochs: 1\nbatch_size: 512\nschedule:\n  name: constant\n  params: {p: 0.0}\n")
     result = rst_tune("train", "--quiet", "--config", str(config), "schedule.params.p=1.0")
     assert result.returncode == 0, result.stderr
-    row = result.stdout.splitlines()[-1].split()
+    row = result.stdout.splitlines()[-2].split()  # the last epoch's row; the test part's line follows
     assert row[0] == "1" and row[5] == "2.000"  # p = 1 from the command line won over the file's 0
 
 

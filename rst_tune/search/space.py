@@ -162,6 +162,11 @@ def summary(spec: SearchSpec) -> str:
         f"{spec.num_samples} trials of {spec.train_config().epochs} epochs, objective {spec.objective}, "
         f"searching {searched}, {len(points_to_evaluate(spec))} points first"
     )
+    if spec.confirm.seeds:
+        line += (
+            f"; then the front (at most {spec.confirm.max_points} points within "
+            f"{spec.confirm.margin:g} of it) and SGD and SAM again with {spec.confirm.seeds} fresh seeds"
+        )
     return "\n".join([line, *(f"warning: {warning}" for warning in grst_warnings(spec))])
 
 
