@@ -9,7 +9,7 @@ from typing import Any
 from rst_tune.config import ConfigError
 from rst_tune.search import load_spec, read_run, run_search
 from rst_tune.search.folder import RunFolder
-from rst_tune.search.runner import Report, RunCallback
+from rst_tune.search.runner import Report, RunCallback, ended
 from rst_tune.search.settings import RunSettings
 from rst_tune.search.space import summary as search_summary
 from rst_tune.study import StudySpec, load_study, read_study, run_study
@@ -63,7 +63,7 @@ def run(
 
     tracker = tracker_for(folder.path, spec, tracking_uri, experiment)
     report = _RUN[folder.kind](values, spec, folder.path, address=address, resume=resume, callbacks=[tracker])
-    if folder.kind != "search" or not spec.confirm.seeds or _unfinished(report, spec):
+    if folder.kind != "search" or not spec.confirm.seeds or ended(report.trials) < spec.num_samples:
         return report
 
     def track(confirmation: RunFolder, study: StudySpec) -> list[RunCallback]:
@@ -72,8 +72,3 @@ def run(
     report = run_confirmation(folder.path, address=address, track=track)
     log_report_files(folder, report)
     return report
-
-
-def _unfinished(report: Report, spec: RunSettings) -> bool:
-    """Whether the run stopped before its last trial ended (it is then resumed, not confirmed)."""
-    return sum(row.state not in ("RUNNING", "WAITING") for row in report.trials) < spec.num_samples

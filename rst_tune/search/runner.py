@@ -144,32 +144,32 @@ def run_trials(
     if not restorable:  # a new run, or one interrupted before Ray saved its first experiment state
         fresh = not resume or not optuna.get_all_study_names(storage)
         searcher = RSTSearch(spec, storage, spec.train_config().epochs, enqueue=fresh, space=plan.space)
-        remaining -= sum(
-            t.state.is_finished() and "ray_trial_id" in t.user_attrs for t in searcher.study.get_trials()
-        )
+        remaining -= ended(trial_rows(searcher.study))
     out(f"{'resuming' if resume else folder.kind} {plan.header}")
     for callback in callbacks:
         callback.setup()
     progress = Progress(spec.num_samples, spec.train_config().epochs, out)
     results = _tuner(plan, folder, searcher, remaining, restorable, [progress, *callbacks]).fit()
-    study = optuna.load_study(study_name=spec.name, storage=storage)
-    ended = sum(
-        "ray_trial_id" in t.user_attrs and t.state.is_finished() for t in study.get_trials(deepcopy=False)
-    )
     checkpoints = {r.metrics["trial_id"]: r.checkpoint for r in results if r.checkpoint and r.metrics}
     report = plan.report(folder.path)
+    done = ended(report.trials)
     for callback in callbacks:
-        line = callback.finish(report, checkpoints, ended < spec.num_samples)
+        line = callback.finish(report, checkpoints, done < spec.num_samples)
         if line:
             out(line)
-    if ended < spec.num_samples:
+    if done < spec.num_samples:
         out(
-            f"stopped after {ended} of {spec.num_samples} trials; "
+            f"stopped after {done} of {spec.num_samples} trials; "
             f"continue with: rst-tune {folder.kind} --resume {folder.path}"
         )
     else:
         out(f"{folder.kind} finished in {time.perf_counter() - start:.0f} s")
     return report
+
+
+def ended(rows: Sequence[TrialRow]) -> int:
+    """How many of a run's trials Ray ran to their end (one pruned over the budget never reached Ray)."""
+    return sum(row.ray_trial_id is not None and row.state not in ("RUNNING", "WAITING") for row in rows)
 
 
 def run_search(

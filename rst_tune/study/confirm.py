@@ -32,7 +32,11 @@ from rst_tune.study.spec import StudySpec, parse_study
 from rst_tune.study.stats import paired, spread
 
 REFERENCES = ("SGD", "SAM")  # baselines confirmed whatever their place, as the points to compare with
-_LABEL = re.compile(r"trial (\d+): ")
+_LABEL = re.compile(r"trial (\d+): ")  # a confirmed configuration's label: "trial N: <the trial's label>"
+
+
+def _point_label(row: TrialRow) -> str:
+    return f"trial {row.number}: {row.label}"
 
 
 def candidates(report: ParetoReport, margin: float, most: int) -> list[TrialRow]:
@@ -72,7 +76,7 @@ def confirmation_settings(spec: SearchSpec, rows: Sequence[TrialRow], used_seeds
         "train": {k: v for k, v in spec.train.items() if k != "seed"},
         "configurations": [
             {
-                "label": f"trial {row.number}: {row.label}",
+                "label": _point_label(row),
                 **row.record.train.model_dump(exclude={"seed", "epochs"}),
             }
             for row in rows
