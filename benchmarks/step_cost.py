@@ -31,7 +31,7 @@ from rst_tune.sharpness import RandomizedSAM
 
 # name -> (model name, build kwargs, input shape without batch, default batch size)
 MODELS = {
-    "digits_cnn": ("digits_cnn", {"num_classes": 10, "in_channels": 1, "image_size": 8}, (1, 8, 8), 64),
+    "digits_cnn": ("digits_cnn", {"num_classes": 10, "input_shape": (1, 8, 8)}, (1, 8, 8), 64),
     "resnet18": ("resnet18", {"num_classes": 10}, (3, 32, 32), 32),
 }
 # variant -> (p, grst_weight); None for p marks plain torch SGD

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -159,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             find_space(name, "--space" if args.command == "search" else "FILE"),
             _overrides(args),
         )
+        runs.preflight(spec)
         if args.check:
             print(f"{name}: valid; {runs.summary(spec)}")
             return 0
@@ -303,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as uvicorn and gunicorn do: user code is found from here
     try:
         return args.handler(args)
     except (ConfigError, FileNotFoundError) as err:

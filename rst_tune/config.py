@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rst_tune.data import DATA_PARAMS, DATASETS, DEFAULT_DATA_DIR
-from rst_tune.models import MODELS
+from rst_tune.data import DATASET_PARAMS, DATASETS, DEFAULT_DATA_DIR, gives_validation
+from rst_tune.imports import is_import_path, resolve
+from rst_tune.models import check_model_name
 from rst_tune.schedules import Schedule, make_schedule
 
 
@@ -75,14 +76,15 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    dataset: str = "digits"  # a built-in name (DATASETS) or "package.module:function"
+    dataset_params: dict[str, Any] = Field(default_factory=dict)
     data_dir: str = DEFAULT_DATA_DIR
     download: bool = False
     label_noise: float = Field(0.0, ge=0.0, le=1.0)
     val_size: int | None = Field(None, ge=0)  # held out of training; None: the dataset's default
-    data_params: dict[str, Any] = Field(default_factory=dict)
     test_every_epoch: bool = False  # else the test part is evaluated at the last epoch only
-    model: Literal[MODELS] = "digits_cnn"  # type: ignore[valid-type]
+    loader_workers: int = Field(2, ge=0)  # processes reading a streamed dataset (0: the training one)
+    model: str = "digits_cnn"  # a built-in name, "torchvision:NAME" or "package.module:function"
     model_params: dict[str, Any] = Field(default_factory=dict)
 
     epochs: int = Field(10, ge=1)
@@ -108,6 +110,20 @@ class TrainConfig(BaseModel):
     channels_last: bool = False
     compile: bool = False
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if is_import_path(value):
+            resolve(value)
+        elif value not in DATASETS:
+            raise ValueError(f"not a built-in dataset ({', '.join(DATASETS)}) nor package.module:function")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return check_model_name(value)
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
@@ -119,13 +135,18 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.nesterov and self.momentum == 0:
             raise ConfigError("true needs momentum > 0", key="nesterov")
-        valid = DATA_PARAMS.get(self.dataset, ())
-        for key in self.data_params:
-            if key not in valid:
-                raise ConfigError(
-                    f"unknown for dataset {self.dataset}; valid: {', '.join(valid) or 'none'}",
-                    key=("data_params", key),
-                )
+        if gives_validation(self.dataset) and self.val_size is not None:
+            raise ConfigError(
+                f"does not apply: {self.dataset} brings its own validation part", key="val_size"
+            )
+        if not is_import_path(self.dataset):
+            valid = DATASET_PARAMS.get(self.dataset, ())
+            for key in self.dataset_params:
+                if key not in valid:
+                    raise ConfigError(
+                        f"unknown for dataset {self.dataset}; valid: {', '.join(valid) or 'none'}",
+                        key=("dataset_params", key),
+                    )
         return self
 
 

@@ -1,16 +1,22 @@
-"""The networks the experiments train, built by name with `build_model`."""
+"""The networks a run trains, built by `build_model`: the built-in zoo by name, any torchvision
+classification model as "torchvision:NAME", and user models as "package.module:function"."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rst_tune.imports import is_import_path, one_line, resolve
+
 MODELS = ("digits_cnn", "mnist1d_cnn", "resnet18", "wrn", "pyramidnet", "vit")
+"""The built-in models; "torchvision:NAME" and "package.module:function" name the others."""
+TORCHVISION = "torchvision:"
 
 
 def _init_weights(model: nn.Module) -> nn.Module:
@@ -215,23 +221,107 @@ _BUILDERS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
 }
 
 
-def build_model(
-    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **params: Any
-) -> nn.Module:
-    """Build model `name` for `num_classes` classes and (in_channels, image_size, image_size) inputs
-    (mnist1d_cnn: (in_channels, image_size) signals).
+def check_model_name(name: str) -> str:
+    """`name` if it names a model (a user function is imported to see that it exists), else ValueError."""
+    if name in _BUILDERS:
+        return name
+    if name.startswith(TORCHVISION):
+        _torchvision_model(name.removeprefix(TORCHVISION))
+        return name
+    if is_import_path(name):
+        resolve(name)
+        return name
+    raise ValueError(
+        f"unknown model {name!r}; valid: {', '.join(MODELS)}, torchvision:NAME or package.module:function"
+    )
 
-    `params` override the model's defaults: digits_cnn and mnist1d_cnn `width`; wrn `depth`, `width`,
-    `dropout`; pyramidnet `depth`, `alpha`; vit `patch_size`, `num_layers`, `num_heads`, `hidden_dim`,
-    `mlp_dim`, `dropout`. resnet18 takes none.
+
+def build_model(
+    name: str, num_classes: int, input_shape: tuple[int, ...] = (3, 32, 32), **params: Any
+) -> nn.Module:
+    """Build model `name` for `num_classes` classes and inputs of `input_shape` ((C, H, W) images,
+    (C, L) signals for mnist1d_cnn, any shape for a user model).
+
+    Built-in models take `params` overriding their defaults: digits_cnn and mnist1d_cnn `width`;
+    wrn `depth`, `width`, `dropout`; pyramidnet `depth`, `alpha`; vit `patch_size`, `num_layers`,
+    `num_heads`, `hidden_dim`, `mlp_dim`, `dropout`; resnet18 none. "torchvision:NAME" passes them to
+    `torchvision.models.get_model`, with `weights` (a weights name) loaded only from torch's hub cache
+    on disk. "package.module:function" is called as `function(num_classes=..., input_shape=...,
+    **params)` and must return an `nn.Module`.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if name.startswith(TORCHVISION):
+        return _torchvision(name.removeprefix(TORCHVISION), num_classes, input_shape, params)
+    if is_import_path(name):
+        return _user_model(name, num_classes, input_shape, params)
+    check_model_name(name)
     builder, defaults = _BUILDERS[name]
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         valid = ", ".join(defaults) or "none"
         raise ValueError(f"unknown parameter {unknown[0]!r} for model {name!r}; valid parameters: {valid}")
-    return builder(num_classes, in_channels, image_size, **{**defaults, **params})
+    return builder(num_classes, input_shape[0], input_shape[-1], **{**defaults, **params})
+
+
+def _torchvision_model(name: str) -> None:
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise ValueError(
+            f"torchvision has no classification model {name!r}; e.g. {', '.join(known[:4])}, ..."
+        )
+
+
+def _torchvision(
+    name: str, num_classes: int, input_shape: tuple[int, ...], params: dict[str, Any]
+) -> nn.Module:
+    import torchvision
+
+    _torchvision_model(name)
+    if len(input_shape) != 3 or input_shape[0] != 3:
+        raise ValueError(f"torchvision:{name} takes 3×H×W images, not inputs of shape {input_shape}")
+    params = dict(params)
+    weights = params.pop("weights", None)
+    if weights is not None:
+        weights = torchvision.models.get_weight(weights) if "." in weights else _named_weights(name, weights)
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not cached.is_file():
+            raise ValueError(
+                f"weights {weights} are not on disk ({cached}); nothing is downloaded during a run: "
+                "copy the file there, or run torchvision.models.get_model once on a machine that is online"
+            )
+    try:
+        return torchvision.models.get_model(name, num_classes=num_classes, weights=weights, **params)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"torchvision:{name}: {one_line(err)}") from None
+
+
+def _named_weights(model: str, weights: str):
+    """The weights enum value `weights` ("DEFAULT", "IMAGENET1K_V1", ...) of torchvision model `model`."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(model)
+    try:
+        return enum[weights]
+    except KeyError:
+        raise ValueError(
+            f"torchvision:{model} has no weights {weights!r}; "
+            f"valid: {', '.join(['DEFAULT', *enum.__members__])}"
+        ) from None
+
+
+def _user_model(
+    path: str, num_classes: int, input_shape: tuple[int, ...], params: dict[str, Any]
+) -> nn.Module:
+    function = resolve(path)
+    try:
+        model = function(num_classes=num_classes, input_shape=tuple(input_shape), **params)
+    except Exception as err:
+        raise ValueError(
+            f"{path}(num_classes={num_classes}, input_shape={tuple(input_shape)}) raised {one_line(err)}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{path} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -26,6 +26,31 @@ def load(kind: str, path: Path, overrides: dict[str, Any]) -> tuple[dict[str, An
     return _LOAD[kind](path, overrides)
 
 
+BUILD_KEYS = {"dataset", "dataset_params", "data_dir", "download", "val_size", "model", "model_params"}
+"""The training settings that decide whether a run's data loads and its model builds."""
+
+
+def preflight(spec: RunSettings) -> None:
+    """Load the data and build and run the model of each distinct configuration the run starts
+    with: ConfigError naming the key, before anything is started."""
+    from rst_tune.train import preflight as check_config
+
+    configs = (
+        {("train",): spec.train_config()}
+        if spec.kind == "search"
+        else {("configurations", str(i)): spec.train_config_of(i) for i in range(len(spec.configurations))}
+    )
+    checked = set()
+    for where, config in configs.items():
+        build = repr(config.model_dump(include=BUILD_KEYS))
+        if build not in checked:
+            checked.add(build)
+            try:
+                check_config(config)
+            except ConfigError as err:
+                raise err.within(*where) from None
+
+
 def resume(
     kind: str, run_dir: str | Path, given: Sequence[str] = ()
 ) -> tuple[dict[str, Any], RunSettings, RunFolder]:

@@ -7,8 +7,9 @@ takes a plain step of the base optimizer (one forward-backward); on 1 a sharpnes
 then restores θ from a copy and lets the base optimizer step with g. The expected update carries
 gradient-norm regularisation of degree p·α: λ_G wherever p ≥ λ_G / alpha_max, but only p·alpha_max
 below that, and none where p = 0. `degree_sum` adds up p·α over the steps taken.
-No value is read back from the device inside a step, except by an fp16 `grad_scaler`, whose step
-reads its overflow check.
+Both passes of a sharpness-aware step draw the same random numbers (dropout masks), so g2 − g1 measures
+sharpness, not dropout noise. No value is read back from the device inside a step, except by an fp16
+`grad_scaler`, whose step reads its overflow check.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+# the CPU generator's state and each CUDA device's, by device
+_GeneratorStates = tuple[torch.Tensor, dict[torch.device, torch.Tensor]]
+
 
 class RandomizedSAM(torch.optim.Optimizer):
     """Wraps `base_optimizer` (sharing its param_groups) and mixes SGD and sharpness-aware steps.
@@ -28,6 +32,14 @@ class RandomizedSAM(torch.optim.Optimizer):
     With `model` given, BatchNorm running statistics are left untouched by the perturbed pass.
     `max_grad_norm` clips the final gradient; `grad_scaler` (fp16) unscales it once before the
     base step, which it then takes (and skips on overflow). `alpha_max` bounds the G-RST α.
+
+    Clipping applies to the mixed gradient (1 − α)·g1 + α·g2 as a whole. Weight decay belongs to the
+    base optimizer, which adds it after clipping: it neither enters the perturbation nor is clipped.
+    A sharpness-aware step saves the state of the CPU generator and of the CUDA generator of each
+    device holding parameters before the clean pass and sets it back before the perturbed pass, so
+    both passes draw the same dropout masks; afterwards the generators stand where the clean pass left
+    them, so an SGD step and a sharpness-aware step consume the same randomness. The states are read
+    on the host (the CUDA one is a seed and an offset): no device synchronisation.
     """
 
     def __init__(
@@ -92,10 +104,11 @@ class RandomizedSAM(torch.optim.Optimizer):
         self.expected_propagations += 1 + p
         self.degree_sum += p * self.alpha(p) if p > 0 else 0.0
         self.steps += 1
+        generators = self._generator_states() if self.last_was_sam else None
         loss = self._run(closure)
-        if self.last_was_sam:
+        if generators is not None:
             self.sam_steps += 1
-            self._sharpness_aware_gradient(closure, self.alpha(p))
+            self._sharpness_aware_gradient(closure, self.alpha(p), generators)
         self._update()
         return loss
 
@@ -103,7 +116,24 @@ class RandomizedSAM(torch.optim.Optimizer):
         """The weight of the perturbed gradient in a sharpness-aware step taken at probability p > 0."""
         return 1.0 if self.grst_weight is None else min(self.grst_weight / p, self.alpha_max)
 
-    def _sharpness_aware_gradient(self, closure: Callable[[], torch.Tensor], alpha: float) -> None:
+    def _generator_states(self) -> _GeneratorStates:
+        """The CPU generator's state and that of each CUDA device holding parameters (host copies)."""
+        devices = {p.device for p in self._params() if p.is_cuda}
+        return torch.get_rng_state(), {d: torch.cuda.get_rng_state(d) for d in devices}
+
+    @staticmethod
+    def _set_generator_states(states: _GeneratorStates) -> None:
+        cpu, cuda = states
+        torch.set_rng_state(cpu)
+        for device, state in cuda.items():
+            torch.cuda.set_rng_state(state, device)
+
+    def _sharpness_aware_gradient(
+        self,
+        closure: Callable[[], torch.Tensor],
+        alpha: float,
+        generators: _GeneratorStates,
+    ) -> None:
         params = [p for p in self._params() if p.grad is not None]
         g1 = [p.grad for p in params]
         if self._theta is None or len(self._theta) != len(params):
@@ -119,7 +149,13 @@ class RandomizedSAM(torch.optim.Optimizer):
             e = g1
         else:
             e = torch._foreach_mul(g1, self._ascent_scale(g1))
+        # fp16 overflow: e = g1·0 is NaN where g1 is not finite; zero it (no foreach op can). Without a
+        # scaler a non-finite g1 ruins θ in the base step anyway, so the pass is spared there.
+        if self.grad_scaler is not None:
+            for t in e:
+                t.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         torch._foreach_add_(params, e)
+        self._set_generator_states(generators)
         with self._frozen_batchnorm():
             self._run(closure)
         torch._foreach_copy_(params, self._theta)
@@ -130,7 +166,8 @@ class RandomizedSAM(torch.optim.Optimizer):
                 p.grad = g
 
     def _ascent_scale(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        """ρ / ‖grads‖ as a device scalar; 0 when the norm is 0 or not finite (fp16 overflow)."""
+        """ρ / ‖grads‖ as a device scalar; 0 when the norm is 0 or not finite (fp16 overflow: e is
+        then zeroed, with a `grad_scaler`, and the perturbed pass runs at θ)."""
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         usable = torch.isfinite(norm) & (norm > 0)
         return torch.where(usable, self.rho / torch.where(usable, norm, 1.0), 0.0)

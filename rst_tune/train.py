@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rst_tune.config import ConfigError, TrainConfig
-from rst_tune.data import DataSplits, load_dataset
+from rst_tune.data import Splits, load_dataset
+from rst_tune.imports import is_import_path, one_line
 from rst_tune.models import build_model
 from rst_tune.sharpness import RandomizedSAM
 
@@ -119,7 +120,7 @@ class Trainer:
     """Builds data, model and optimizer from a TrainConfig and runs it epoch by epoch. `devices` is how
     many devices the run holds (a fraction when it shares one), for `device_seconds`."""
 
-    def __init__(self, config: TrainConfig, data: DataSplits | None = None, devices: float = 1.0):
+    def __init__(self, config: TrainConfig, data: Splits | None = None, devices: float = 1.0):
         self.config, self.devices = config, devices
         self.device = resolve_device(config.device)
         if self.device.type == "cuda":
@@ -127,20 +128,16 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(config.seed)
         if data is None:
-            data = self._load_data()
+            data = load_data(config)
         self.data = data.to(self.device)
         self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
         if self.steps_per_epoch == 0:
             raise ConfigError(
-                f"{config.batch_size} exceeds the {len(data.train_y)} training images", key="batch_size"
+                f"{config.batch_size} exceeds the {data.size('train')} training items", key="batch_size"
             )
         total_steps = self.steps_per_epoch * config.epochs
 
-        channels, size = data.shape[0], data.shape[-1]
-        try:
-            model = build_model(config.model, data.num_classes, channels, size, **config.model_params)
-        except ValueError as err:
-            raise ConfigError(str(err), key="model_params") from None
+        model = make_model(config, data)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.forward = torch.compile(self.model) if config.compile else self.model
@@ -177,21 +174,6 @@ class Trainer:
         self.epoch = 0
         self.wall_s = 0.0
         self.history: list[EpochMetrics] = []
-
-    def _load_data(self) -> DataSplits:
-        config = self.config
-        try:
-            return load_dataset(
-                config.dataset,
-                data_dir=config.data_dir,
-                download=config.download,
-                label_noise=config.label_noise,
-                seed=config.seed,
-                val_size=config.val_size,
-                data_params=config.data_params,
-            )
-        except ValueError as err:  # a val_size or data_params the data cannot meet
-            raise ConfigError(str(err)) from None
 
     def _autocast(self):
         return torch.autocast(
@@ -243,7 +225,7 @@ class Trainer:
         val_loss, val_accuracy = self.evaluate("val")
         self.epoch += 1
         test = self.config.test_every_epoch or self.epoch == self.config.epochs
-        test_loss, test_accuracy = self.evaluate("test") if test and len(self.data.test_y) else (None, None)
+        test_loss, test_accuracy = self.evaluate("test") if test and self.data.size("test") else (None, None)
         train_loss, train_correct = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
         self.wall_s += time.perf_counter() - start
         opt = self.optimizer
@@ -269,7 +251,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, part: str = "val") -> tuple[float, float]:
         """Loss and accuracy over the whole `part` ("val" or "test"); NaN for an empty part."""
-        n = len(getattr(self.data, f"{part}_y"))
+        n = self.data.size(part)
         if n == 0:
             return math.nan, math.nan
         self.model.eval()
@@ -330,6 +312,60 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def load_data(config: TrainConfig) -> Splits:
+    """The data `config` trains on; ConfigError naming the key when it cannot be had."""
+    try:
+        return load_dataset(
+            config.dataset,
+            data_dir=config.data_dir,
+            download=config.download,
+            label_noise=config.label_noise,
+            seed=config.seed,
+            val_size=config.val_size,
+            dataset_params=config.dataset_params,
+            workers=config.loader_workers,
+        )
+    except (ValueError, OSError) as err:
+        raise ConfigError(str(err), key="dataset") from None
+
+
+def make_model(config: TrainConfig, data: Splits) -> torch.nn.Module:
+    """The model `config` names, for `data`'s inputs and classes, checked by running two training
+    inputs through it on the CPU: ConfigError naming the key when it cannot be built or its output
+    is not one logit per class."""
+    key = "model" if is_import_path(config.model) or ":" in config.model else "model_params"
+    try:
+        model = build_model(config.model, data.num_classes, data.shape, **config.model_params)
+    except ValueError as err:
+        raise ConfigError(str(err), key=key) from None
+    inputs = data.probe(min(2, data.size("train")))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(inputs)
+    except Exception as err:
+        raise ConfigError(
+            f"{config.model} fails on inputs of shape {tuple(inputs.shape)}: {one_line(err)}", key="model"
+        ) from None
+    finally:
+        model.train(was_training)
+    expected = (len(inputs), data.num_classes)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+        found = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(
+            f"{config.model} returns {found} for {len(inputs)} inputs; expected logits of shape {expected}",
+            key="model",
+        )
+    return model
+
+
+def preflight(config: TrainConfig) -> None:
+    """Raise ConfigError for what a run of `config` would fail on at its start (the data cannot be
+    loaded, the model not built or not run on it), before anything is started."""
+    make_model(config, load_data(config))
 
 
 def train(

@@ -142,7 +142,7 @@ def test_mnist1d_is_generated_offline_with_the_published_shapes_identically_twic
     labels = torch.cat([data.train_y, data.val_y, data.test_y])
     assert torch.bincount(labels, minlength=10).tolist() == [500] * 10
     assert data.train_x.dtype == torch.float32 and data.num_classes == 10
-    bigger = load_dataset("mnist1d", data_params={"num_samples": 10_000}, val_size=1000)
+    bigger = load_dataset("mnist1d", dataset_params={"num_samples": 10_000}, val_size=1000)
     assert (len(bigger.train_y), len(bigger.val_y), len(bigger.test_y)) == (7000, 1000, 2000)
 
 

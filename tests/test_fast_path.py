@@ -15,6 +15,11 @@ STEP_KINDS = {
     "sam": {"schedule": {"name": "constant", "params": {"p": 1.0}}},
     "asam": {"schedule": {"name": "constant", "params": {"p": 1.0}}, "adaptive": True, "rho": 0.5},
     "grst": {"schedule": {"name": "constant", "params": {"p": 0.5}}, "grst_weight": 0.3},
+    "sam-dropout": {  # the perturbed pass replays the clean pass's dropout masks
+        "schedule": {"name": "constant", "params": {"p": 1.0}},
+        "model": "wrn",
+        "model_params": {"depth": 10, "width": 2, "dropout": 0.3},
+    },
 }
 
 
@@ -24,7 +29,6 @@ STEP_KINDS = {
 def test_training_steps_never_synchronise_the_host(kind, precision):
     config = load_config(
         {
-            **STEP_KINDS[kind],
             "dataset": "synthetic",
             "model": "resnet18",
             "batch_size": 128,
@@ -34,6 +38,7 @@ def test_training_steps_never_synchronise_the_host(kind, precision):
             "channels_last": precision == "bf16",
             "grad_clip": 5.0,
             "seed": 3,
+            **STEP_KINDS[kind],
         }
     )
     trainer = Trainer(config)
@@ -55,7 +60,7 @@ def test_training_steps_never_synchronise_the_host(kind, precision):
         torch.cuda.set_sync_debug_mode("default")
     sam_steps = trainer.optimizer.sam_steps - sam_before
     assert trainer.optimizer.steps - steps_before == 12
-    assert sam_steps == {"sgd": 0, "sam": 12, "asam": 12}.get(kind, sam_steps)
+    assert sam_steps == {"sgd": 0, "sam": 12, "asam": 12, "sam-dropout": 12}.get(kind, sam_steps)
     if kind == "grst":
         assert 0 < sam_steps < 12  # both branches ran under the check
     assert torch.isfinite(loss_sum).item() and 0 <= correct.item() <= 12 * config.batch_size

@@ -35,7 +35,9 @@ def test_every_model_has_a_case():
 )
 def test_forward_backward_float64_channels_last(name, in_channels, image_size, params):
     torch.manual_seed(0)
-    model = build_model(name, 5, in_channels, image_size, **params).double()
+    model = build_model(
+        name, 5, (in_channels, image_size) + ((image_size,) if name != "mnist1d_cnn" else ()), **params
+    ).double()
     if name == "vit":
         # torchvision zero-initialises the ViT head, which stops every gradient behind it at init
         nn.init.normal_(model.heads.head.weight)
@@ -56,15 +58,15 @@ def test_forward_backward_float64_channels_last(name, in_channels, image_size, p
 
 
 def test_digits_cnn_has_batchnorm_and_scales_with_width():
-    model = build_model("digits_cnn", 10, 1, 8)
+    model = build_model("digits_cnn", 10, (1, 8, 8))
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert [bn.num_features for bn in norms] == [32, 64, 128]
-    narrow = build_model("digits_cnn", 10, 1, 8, width=8)
+    narrow = build_model("digits_cnn", 10, (1, 8, 8), width=8)
     assert [m.num_features for m in narrow.modules() if isinstance(m, nn.BatchNorm2d)] == [8, 16, 32]
 
 
 def test_mnist1d_cnn_is_three_stride_two_convolutions_of_32_channels_with_batchnorm():
-    model = build_model("mnist1d_cnn", 10, 1, 40)
+    model = build_model("mnist1d_cnn", 10, (1, 40))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
     assert [(c.out_channels, c.stride) for c in convs] == [(32, (2,))] * 3
     assert [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm1d)] == [32] * 3
@@ -74,7 +76,7 @@ def test_mnist1d_cnn_is_three_stride_two_convolutions_of_32_channels_with_batchn
 
 def test_resnet18_has_cifar_stem_and_torchvision_body():
     for in_channels in (3, 1):
-        model = build_model("resnet18", 100, in_channels)
+        model = build_model("resnet18", 100, (in_channels, 32, 32))
         assert model.conv1.kernel_size == (3, 3)
         assert model.conv1.stride == (1, 1)
         assert model.conv1.in_channels == in_channels
@@ -93,7 +95,7 @@ def test_wrn_28_10_parameter_count():
 
 def test_wrn_dropout_is_applied():
     torch.manual_seed(0)
-    model = build_model("wrn", 10, 1, 8, depth=10, width=1, dropout=0.5)
+    model = build_model("wrn", 10, (1, 8, 8), depth=10, width=1, dropout=0.5)
     x = torch.randn(2, 1, 8, 8)
     assert not torch.equal(model(x), model(x))
     model.eval()
@@ -114,7 +116,7 @@ def test_pyramidnet_parameter_counts_and_widths():
 
 def test_vit_uses_torchvision_and_adapts_input_channels():
     params = {"num_layers": 1, "hidden_dim": 32, "mlp_dim": 64, "num_heads": 2}
-    model = build_model("vit", 10, 1, 8, patch_size=2, **params)
+    model = build_model("vit", 10, (1, 8, 8), patch_size=2, **params)
     assert isinstance(model, torchvision.models.VisionTransformer)
     assert model.conv_proj.in_channels == 1
     assert model.conv_proj.kernel_size == (2, 2)
@@ -149,6 +151,6 @@ def test_bad_depth_names_value_and_rule(name, depth, rule):
 
 def test_other_invalid_arguments():
     with pytest.raises(ValueError, match="num_classes .* 1"):
-        build_model("digits_cnn", 1, 1, 8)
+        build_model("digits_cnn", 1, (1, 8, 8))
     with pytest.raises(ValueError, match="image_size 30 .*patch_size 4"):
-        build_model("vit", 10, image_size=30)
+        build_model("vit", 10, (3, 30, 30))

@@ -1,4 +1,5 @@
-"""RandomizedSAM against closed-form math (float64), degenerate cases, the coin, accounting and BN."""
+"""RandomizedSAM against closed-form math (float64), degenerate cases, the coin, accounting, BN, dropout
+and fp16 overflow."""
 
 import copy
 import random
@@ -369,6 +370,53 @@ def test_batchnorm_tracking_is_restored_when_the_closure_raises():
     assert model[1].track_running_stats is True
 
 
+# ---------- dropout ----------
+
+
+class MaskRecorder(nn.Module):
+    """A linear layer behind dropout; keeps every dropout mask it applied."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(5, 3)
+        self.masks = []
+
+    def forward(self, x):
+        mask = nn.functional.dropout(torch.ones_like(x), p=0.5, training=self.training)
+        self.masks.append(mask)
+        return self.linear(x * mask)
+
+
+def test_both_passes_of_a_sharpness_aware_step_draw_the_same_dropout_mask():
+    model = MaskRecorder()
+    opt = RandomizedSAM(sgd(model), make_schedule("constant", p=1.0), 5, model=model)
+    for x, y in batches(2):
+        opt.step(closure_for(model, x, y))
+    first, perturbed, second, _ = model.masks
+    assert (first == 0).any() and (first == 2).any()
+    assert torch.equal(first, perturbed)
+    assert not torch.equal(first, second)  # fresh masks from step to step
+
+
+def test_sharpness_aware_and_sgd_steps_consume_the_same_randomness():
+    """With ρ = 0 and the same masks, g2 = g1: a SAM step is then the SGD step, bit for bit."""
+    x, y = batches(1)[0]
+    torch.manual_seed(5)
+    start = torch.get_rng_state()
+    outcomes = []
+    for p in (0.0, 1.0):
+        model = MaskRecorder()
+        opt = RandomizedSAM(sgd(model), make_schedule("constant", p=p), 5, model=model, rho=0.0)
+        torch.set_rng_state(start)
+        opt.step(closure_for(model, x, y))
+        assert opt.last_was_sam == (p == 1.0)
+        outcomes.append((torch.get_rng_state(), [q.detach().clone() for q in model.parameters()]))
+    (sgd_state, sgd_params), (sam_state, sam_params) = outcomes
+    assert torch.equal(sgd_state, sam_state)
+    assert all(torch.equal(a, b) for a, b in zip(sgd_params, sam_params))
+
+
 # ---------- clipping and loss scaling ----------
 
 
@@ -410,6 +458,38 @@ def test_grad_scaler_gives_the_unscaled_sam_update_and_skips_overflow():
     opt.step(closure)
     assert torch.equal(w.detach(), before)  # overflow: step skipped, θ restored
     assert scaler.get_scale() < 2.0**10
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"adaptive": True}, {"grst_weight": 0.5}])
+def test_fp16_overflow_without_model_leaves_batchnorm_statistics_finite(kwargs):
+    """An overflowing g1 gives a zero ascent scale; e = g1·0 must not carry its inf as NaN into BN."""
+    model = net().float()  # autocast leaves float64 alone
+    x, y = batches(1)[0]
+    x = x.float()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20)  # overflows fp16 in backward
+    opt = RandomizedSAM(  # no `model`: the perturbed pass moves the BN statistics
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        make_schedule("constant", p=1.0),
+        5,
+        grad_scaler=scaler,
+        **kwargs,
+    )
+    grads = []
+
+    def closure():
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        return loss
+
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step(closure)
+    assert opt.last_was_sam
+    assert not all(torch.isfinite(g).all() for g in grads[0])  # the overflow did happen in g1
+    assert torch.isfinite(model[1].running_mean).all() and torch.isfinite(model[1].running_var).all()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # step skipped
+    assert scaler.get_scale() < 2.0**20
 
 
 # ---------- bad input ----------

@@ -105,7 +105,7 @@ def test_search_logs_nested_runs_over_http(local_ray, tmp_path, mlflow_server):
             assert tags["rst.state_reason"].startswith("diverged: train_loss is nan at epoch 1")
         if number in front:  # the Pareto trials' final weights load into the model
             path = client.download_artifacts(run.info.run_id, "model/model_state_dict.pt", str(tmp_path))
-            build_model("digits_cnn", 10, 1, 8).load_state_dict(torch.load(path, weights_only=True))
+            build_model("digits_cnn", 10, (1, 8, 8)).load_state_dict(torch.load(path, weights_only=True))
         else:
             assert "model" not in artifacts
 

@@ -97,7 +97,7 @@ def test_default_digits_run_reaches_90_percent_in_10_epochs():
         ({"rho": -1}, "rho: Input should be greater than or equal to 0"),
         ({"schedule": {"name": "constant", "params": {"p": 1.5}}}, r"schedule: .*p=1\.5"),
         ({"schedule": {"name": "zigzag"}}, "schedule: unknown schedule 'zigzag'"),
-        ({"dataset": "mnist"}, "dataset: Input should be 'digits'"),
+        ({"dataset": "mnist"}, "dataset: not a built-in dataset"),
         ({"precision": "fp8"}, "precision"),
         ({"device": "tpu"}, "device 'tpu'"),
     ],
@@ -108,12 +108,12 @@ def test_bad_config_errors_name_the_key(values, match):
 
 
 def test_missing_cifar_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="cifar10 not found"):
+    with pytest.raises(ConfigError, match="dataset: cifar10 not found"):
         Trainer(load_config({"dataset": "cifar10", "model": "resnet18", "data_dir": str(tmp_path)}))
 
 
 def test_batch_larger_than_the_training_set_is_a_config_error():
-    with pytest.raises(ConfigError, match="batch_size: 5000 exceeds the 1150 training images"):
+    with pytest.raises(ConfigError, match="batch_size: 5000 exceeds the 1150 training items"):
         Trainer(load_config({"batch_size": 5000}))
 
 

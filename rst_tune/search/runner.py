@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -14,6 +14,7 @@ import ray
 from ray import tune
 
 from rst_tune.config import ConfigError
+from rst_tune.imports import is_import_path, source_folder
 from rst_tune.search.cluster import check_shared, spans_machines
 from rst_tune.search.folder import EXPERIMENT, RunFolder
 from rst_tune.search.objectives import COSTS
@@ -22,6 +23,7 @@ from rst_tune.search.progress import Progress
 from rst_tune.search.record import TrialRecord, TrialRow, trial_rows
 from rst_tune.search.schedulers import build_scheduler
 from rst_tune.search.searcher import RSTSearch
+from rst_tune.search.settings import RunSettings
 from rst_tune.search.space import DefineByRun, points_to_evaluate
 from rst_tune.search.spec import SearchSpec, parse_spec
 from rst_tune.search.trainable import train_trial
@@ -110,6 +112,30 @@ def _tuner(
     )
 
 
+def runtime_env(spec: RunSettings, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's `runtime_env`, else one that puts the folders of the user code it names (models and
+    datasets by import path, in `values`) on the trials' PYTHONPATH."""
+    if spec.runtime_env is not None:
+        return spec.runtime_env
+    named = {text for text in _strings(values) if is_import_path(text)}
+    folders = sorted({folder for path in named if (folder := source_folder(path))})
+    if not folders:
+        return None
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join([*folders, *inherited])}}
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
 def run_trials(
     plan: RunPlan,
     values: dict[str, Any],
@@ -129,7 +155,13 @@ def run_trials(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # progress is ours: one line per trial
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial's reason is in its line
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level="ERROR")
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level="ERROR",
+            runtime_env=runtime_env(spec, values),
+        )
     if spans_machines(ray.nodes(), ray.util.get_node_ip_address()):
         check_shared(spec.storage or str(folder.path))
     if not resume:

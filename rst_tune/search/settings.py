@@ -41,6 +41,11 @@ class RunSettings(Strict):
         description="where Ray keeps trials and checkpoints: a path, s3://, gs://; default the run folder",
     )
     resources: Resources = Field(default_factory=Resources)
+    runtime_env: dict[str, Any] | None = Field(
+        None,
+        description="Ray's runtime_env for the trials, e.g. {py_modules: [./my_package]} to ship user code "
+        "to a cluster's machines; default: the folders user code is imported from, on PYTHONPATH",
+    )
 
     def train_config(self) -> TrainConfig:
         return load_config(self.train)

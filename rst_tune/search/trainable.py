@@ -32,7 +32,7 @@ def train_trial(config: dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     for metrics in trainer.fit():
         result = {**metrics, "expected_cost": record.expected_cost, "node_id": node_id}
-        watched = ("train_loss", "val_loss") if len(trainer.data.val_y) else ("train_loss",)
+        watched = ("train_loss", "val_loss") if trainer.data.size("val") else ("train_loss",)
         diverged = [key for key in watched if not math.isfinite(metrics[key])]
         if diverged:
             reason = f"diverged: {diverged[0]} is {metrics[diverged[0]]} at epoch {metrics.epoch}"
