@@ -79,7 +79,9 @@ def load_dataset(
     elif is_import_path(name):
         data = load_user_dataset(name, params, workers)
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or package.module:function")
+        raise ValueError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or package.module:function"
+        )
     if label_noise:
         _add_label_noise(data, label_noise, seed)
     return data

@@ -12,7 +12,6 @@ import os
 import pickle
 import random
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch

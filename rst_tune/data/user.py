@@ -41,8 +41,7 @@ def load_user_dataset(path: str, params: Mapping[str, Any], workers: int) -> Dat
     if missing or unknown:
         found = f"keys {', '.join(map(str, returned)) or 'none'}"
         raise ValueError(
-            f"{path} returned {found}; expected train, val, optionally test, "
-            f"{', '.join(_DESCRIPTION)}"
+            f"{path} returned {found}; expected train, val, optionally test, {', '.join(_DESCRIPTION)}"
         )
     parts = {key: returned[key] for key in ("train", "val", "test") if key in returned}
     streamed = [key for key, part in parts.items() if isinstance(part, Dataset)]
@@ -82,7 +81,9 @@ def _resident(path: str, parts: dict[str, Any], description: dict[str, Any]) -> 
     _check_labels(path, {key: labels for key, (_, labels) in tensors.items()}, num_classes)
     crop_padding, flip = description.get("crop_padding", 0), bool(description.get("flip", False))
     if (crop_padding or flip) and x.dim() != 4:
-        raise ValueError(f"{path}: crop_padding and flip need N×C×H×W images; train inputs are {tuple(x.shape)}")
+        raise ValueError(
+            f"{path}: crop_padding and flip need N×C×H×W images; train inputs are {tuple(x.shape)}"
+        )
     empty = (x[:0], torch.zeros(0, dtype=torch.long))
     test_x, test_y = tensors.get("test", empty)
     return DataSplits(
@@ -111,7 +112,7 @@ def _pair(path: str, key: str, part: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{path}: {key} is not a pair of arrays ({one_line(err)})") from None
     if y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise ValueError(
-            f"{path}: {key} labels are {y.dtype} of shape {tuple(y.shape)}; expected one integer class per input"
+            f"{path}: {key} labels are {y.dtype} of shape {tuple(y.shape)}; expected one integer class each"
         )
     if x.dim() < 2 or len(x) != len(y):
         raise ValueError(f"{path}: {key} has {len(x) if x.dim() else 0} inputs but {len(y)} labels")
@@ -150,9 +151,7 @@ def _streamed(
     elif targets is not None:
         num_classes = 1 + int(max(targets))
     else:
-        raise ValueError(
-            f"{path}: train is a Dataset without `targets`; return num_classes with the parts"
-        )
+        raise ValueError(f"{path}: train is a Dataset without `targets`; return num_classes with the parts")
     return StreamingSplits(
         parts,
         num_classes=num_classes,
