@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from rst_tune.config import ConfigError, TrainConfig
 from rst_tune.data import Splits, load_dataset
-from rst_tune.imports import is_import_path, one_line
+from rst_tune.imports import one_line
 from rst_tune.models import build_model
 from rst_tune.sharpness import RandomizedSAM
 
@@ -335,7 +335,7 @@ def make_model(config: TrainConfig, data: Splits) -> torch.nn.Module:
     """The model `config` names, for `data`'s inputs and classes, checked by running two training
     inputs through it on the CPU: ConfigError naming the key when it cannot be built or its output
     is not one logit per class."""
-    key = "model" if is_import_path(config.model) or ":" in config.model else "model_params"
+    key = "model" if ":" in config.model else "model_params"  # user or torchvision code: its own key
     try:
         model = build_model(config.model, data.num_classes, data.shape, **config.model_params)
     except ValueError as err:

@@ -68,13 +68,13 @@ def _resident(path: str, parts: dict[str, Any], description: dict[str, Any]) -> 
             raise ValueError(
                 f"{path}: {key} inputs have shape {tuple(inputs.shape[1:])}, train {tuple(x.shape[1:])}"
             )
+    if not y.numel():
+        raise ValueError(f"{path}: train is empty")
     if x.dtype == torch.uint8:
         channels = [x.select(1, c).double() for c in range(x.shape[1])]
         mean, std = tuple(float(c.mean()) for c in channels), tuple(float(c.std()) for c in channels)
     else:
         mean, std = (0.0,), (1.0,)
-    if not tensors["train"][1].numel():
-        raise ValueError(f"{path}: train is empty")
     num_classes = description.get(
         "num_classes", 1 + max(int(labels.max()) for _, labels in tensors.values() if labels.numel())
     )
