@@ -21,7 +21,9 @@ os.environ["RAY_AUTH_MODE"] = "disabled"  # local test clusters: no token under 
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    # log_to_driver=False: the raylet's own warnings (a full disk, say) would otherwise land in the
+    # stderr that in-process CLI tests read.
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
 
