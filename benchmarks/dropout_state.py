@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_model
 from torch import nn
 
 from rst_tune.schedules import make_schedule
@@ -114,15 +114,6 @@ def measure(model_name: str, device: torch.device, steps: int, rounds: int, warm
         "sam_step_ms": 1e3 * statistics.median(step_s),
         "ratio": statistics.median(s / t for s, t in zip(state_s, step_s)),
     }
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

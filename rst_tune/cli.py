@@ -54,9 +54,13 @@ def read_yaml(path: str) -> dict[str, Any]:
     return values
 
 
-def build_train_config(args: argparse.Namespace) -> TrainConfig:
-    values = read_yaml(args.config) if args.config else {}
-    return load_config(merge(values, parse_overrides(args.overrides)))
+def build_train_config(args: argparse.Namespace) -> tuple[TrainConfig, int]:
+    """The training config, and the number of data-parallel workers (`workers=N`, default 1)."""
+    values = merge(read_yaml(args.config) if args.config else {}, parse_overrides(args.overrides))
+    workers = values.pop("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"must be a whole number >= 1 (got {workers!r})", key="workers")
+    return load_config(values), workers
 
 
 _COLUMNS = [
@@ -92,7 +96,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from rst_tune.train import Trainer
 
-    config = build_train_config(args)
+    config, workers = build_train_config(args)
+    if workers > 1:
+        return _train_on_workers(config, workers, args)
     trainer = Trainer(config)
     if args.checkpoint and Path(args.checkpoint).exists():
         trainer.load(args.checkpoint)
@@ -112,6 +118,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = trainer.history[-1] if trainer.history else None
     if last is not None and last.test_accuracy is not None:
         print(f"test part: loss {last.test_loss:.4f}, accuracy {last.test_accuracy:.2%}")
+    return 0
+
+
+def _train_on_workers(config: TrainConfig, workers: int, args: argparse.Namespace) -> int:
+    from rst_tune.search.parallel import train_on_workers
+    from rst_tune.train import preflight
+
+    preflight(config)
+    print(
+        f"{config.dataset} / {config.model} on {workers} data-parallel workers: {config.epochs} epochs, "
+        f"global batch {config.batch_size} ({config.batch_size // workers} per worker), "
+        f"schedule {config.schedule.build()}, rho {config.rho}"
+    )
+    print(format_row(None))
+    history = train_on_workers(
+        config,
+        workers,
+        address=args.address,
+        checkpoint_file=args.checkpoint,
+        on_epoch=lambda metrics: print(format_row(metrics), flush=True),
+    )
+    if history and history[-1].test_accuracy is not None:
+        print(f"test part: loss {history[-1].test_loss:.4f}, accuracy {history[-1].test_accuracy:.2%}")
     return 0
 
 
@@ -238,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of config keys (overrides on the command line win)")
     train.add_argument("--checkpoint", help="checkpoint file: written every epoch, resumed from if present")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--address", help="Ray cluster address for workers=N (default: a local Ray)")
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.set_defaults(handler=cmd_train)
 

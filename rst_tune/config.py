@@ -109,6 +109,7 @@ class TrainConfig(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch, not per rank
 
     @field_validator("dataset")
     @classmethod

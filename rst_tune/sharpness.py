@@ -10,16 +10,25 @@ below that, and none where p = 0. `degree_sum` adds up p·α over the steps take
 Both passes of a sharpness-aware step draw the same random numbers (dropout masks), so g2 − g1 measures
 sharpness, not dropout noise. No value is read back from the device inside a step, except by an fp16
 `grad_scaler`, whose step reads its overflow check.
+
+Data-parallel form (`model` a DistributedDataParallel): every rank draws the same coin (seed and step
+only) and each step all-reduces the gradient once. An SGD step reduces its one pass, as DDP does. A
+sharpness-aware step runs the clean pass under `no_sync()`, so each rank perturbs with its own g1 (the
+SAM paper's data-parallel form); the perturbed pass accumulates onto ((1 − α)/α)·g1 (onto nothing when
+α = 1), DDP reduces that sum once, and scaling by α leaves the mean over ranks of (1 − α)·g1 + α·g2.
+Under `TORCH_DISTRIBUTED_DEBUG=INFO` (or DETAIL) every step checks that all ranks drew the same coin.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 # the CPU generator's state and each CUDA device's, by device
 _GeneratorStates = tuple[torch.Tensor, dict[torch.device, torch.Tensor]]
@@ -40,6 +49,8 @@ class RandomizedSAM(torch.optim.Optimizer):
     both passes draw the same dropout masks; afterwards the generators stand where the clean pass left
     them, so an SGD step and a sharpness-aware step consume the same randomness. The states are read
     on the host (the CUDA one is a seed and an offset): no device synchronisation.
+    With `model` a DistributedDataParallel module (the data-parallel form), the closure must run that
+    module and must not zero the gradients: the perturbed pass accumulates onto the clean one's.
     """
 
     def __init__(
@@ -67,6 +78,9 @@ class RandomizedSAM(torch.optim.Optimizer):
             raise ValueError(f"grst_weight={grst_weight} must be >= 0 (or None for plain RST)")
         if max_grad_norm is not None and max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm={max_grad_norm} must be > 0")
+        self._ddp = model if isinstance(model, DistributedDataParallel) else None
+        if self._ddp is not None and grst_weight == 0:
+            raise ValueError("grst_weight=0 has no data-parallel form (α = 0); leave G-RST off or use p = 0")
         super().__init__(base_optimizer.param_groups, base_optimizer.defaults)
         self.base_optimizer = base_optimizer
         self.param_groups = base_optimizer.param_groups
@@ -85,8 +99,9 @@ class RandomizedSAM(torch.optim.Optimizer):
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
-    def _run(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
-        self.zero_grad(set_to_none=True)
+    def _run(self, closure: Callable[[], torch.Tensor], keep_grads: bool = False) -> torch.Tensor:
+        if not keep_grads:
+            self.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = closure()
         self.propagations += 1
@@ -101,16 +116,31 @@ class RandomizedSAM(torch.optim.Optimizer):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"schedule returned p={p} at step {self.steps}; it must lie in [0, 1]")
         self.last_was_sam = self._rng.random() < p
+        if self._ddp is not None and dist.get_debug_level() != dist.DebugLevel.OFF:
+            self._check_coin()
         self.expected_propagations += 1 + p
         self.degree_sum += p * self.alpha(p) if p > 0 else 0.0
         self.steps += 1
         generators = self._generator_states() if self.last_was_sam else None
-        loss = self._run(closure)
+        with self._ddp.no_sync() if generators is not None and self._ddp is not None else nullcontext():
+            loss = self._run(closure)
         if generators is not None:
             self.sam_steps += 1
             self._sharpness_aware_gradient(closure, self.alpha(p), generators)
         self._update()
         return loss
+
+    def _check_coin(self) -> None:
+        """Raise unless every rank drew the same coin at the same step (a host synchronisation)."""
+        device = next(iter(self._ddp.parameters())).device
+        mine = torch.tensor([self.steps, int(self.last_was_sam)], device=device)
+        drawn = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(drawn, mine)
+        if any(not torch.equal(other, mine) for other in drawn):
+            found = ", ".join(
+                f"rank {r}: step {s} coin {c}" for r, (s, c) in enumerate(t.tolist() for t in drawn)
+            )
+            raise RuntimeError(f"ranks drew different coins ({found}); give every rank the same seed")
 
     def alpha(self, p: float) -> float:
         """The weight of the perturbed gradient in a sharpness-aware step taken at probability p > 0."""
@@ -156,14 +186,20 @@ class RandomizedSAM(torch.optim.Optimizer):
                 t.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         torch._foreach_add_(params, e)
         self._set_generator_states(generators)
+        if self._ddp is not None and alpha != 1.0:  # DDP reduces ((1 − α)/α)·g1 + g2 once
+            torch._foreach_mul_(g1, (1.0 - alpha) / alpha)
         with self._frozen_batchnorm():
-            self._run(closure)
+            self._run(closure, keep_grads=self._ddp is not None and alpha != 1.0)
         torch._foreach_copy_(params, self._theta)
-        if alpha != 1.0:
-            g2 = [p.grad for p in params]
-            torch._foreach_lerp_(g1, g2, alpha)  # g1 + α(g2 − g1) = (1 − α)·g1 + α·g2
-            for p, g in zip(params, g1):
-                p.grad = g
+        if alpha == 1.0:
+            return
+        if self._ddp is not None:
+            torch._foreach_mul_([p.grad for p in params], alpha)
+            return
+        g2 = [p.grad for p in params]
+        torch._foreach_lerp_(g1, g2, alpha)  # g1 + α(g2 − g1) = (1 − α)·g1 + α·g2
+        for p, g in zip(params, g1):
+            p.grad = g
 
     def _ascent_scale(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """ρ / ‖grads‖ as a device scalar; 0 when the norm is 0 or not finite (fp16 overflow: e is

@@ -1,21 +1,28 @@
-"""One training run end to end: RST/G-RST epochs, evaluation, per-epoch metrics, checkpoint/restore.
+"""One training run end to end, on one process or as one rank of several: RST/G-RST epochs,
+evaluation, per-epoch metrics, checkpoint/restore.
 
 This is what a search trial wraps. Inside an epoch nothing is read back from the device (but the
-fp16 GradScaler's overflow check, once per step): losses
-and correct counts accumulate on it and are read once, when the epoch's metrics are made.
+fp16 GradScaler's overflow check, once per step): losses and correct counts accumulate on it and are
+read once, when the epoch's metrics are made. Where a torch.distributed process group exists (Ray
+Train's workers, torchrun), the run is data-parallel: each rank trains on its share of every global
+batch through DistributedDataParallel, and the epoch's sums are all-reduced before they are read.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from rst_tune.config import ConfigError, TrainConfig
@@ -32,7 +39,9 @@ class EpochMetrics(Mapping[str, float]):
     `expected_propagations` their expectation Σ (1 + p(t)). `cost_ratio` is propagations per step,
     `acc_per_prop` val_accuracy / cost_ratio, `grst_degree` the mean over steps of p(t)·α_t, the
     sharpness regularisation applied in expectation (plain RST: p̄ so far), `wall_s` the seconds spent
-    training and evaluating so far and `device_seconds` those seconds × the devices the run held.
+    training and evaluating so far and `device_seconds` those seconds × the devices the run held,
+    `world_size` the data-parallel ranks that trained the epoch (each step's counts are global: a
+    propagation is one pass over the global batch, however many ranks share it).
     `test_loss` and `test_accuracy` are measured on the test part at the run's last epoch (every epoch
     with `test_every_epoch`), else None. Reads as a mapping of metric name to value, in `METRICS`
     order, without the metrics not measured."""
@@ -52,6 +61,7 @@ class EpochMetrics(Mapping[str, float]):
     grst_degree: float
     wall_s: float
     device_seconds: float
+    world_size: int
     test_loss: float | None = None
     test_accuracy: float | None = None
 
@@ -111,25 +121,47 @@ EPOCH_METRICS: tuple[str, ...] = tuple(name for name in METRICS if name not in T
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `name` means; "auto" and "cuda" on a data-parallel rank: its GPU, LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.is_available() and dist.is_initialized():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of torch's generators (dropout, user augmentation) for one rank's epoch: resuming at
+    an epoch needs no saved generator state, with any number of ranks."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class Trainer:
     """Builds data, model and optimizer from a TrainConfig and runs it epoch by epoch. `devices` is how
-    many devices the run holds (a fraction when it shares one), for `device_seconds`."""
+    many devices the run holds (a fraction when it shares one; all ranks' together), for
+    `device_seconds`; `device` overrides the config's (a launcher's choice for its rank)."""
 
-    def __init__(self, config: TrainConfig, data: Splits | None = None, devices: float = 1.0):
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: Splits | None = None,
+        devices: float = 1.0,
+        device: torch.device | None = None,
+    ):
         self.config, self.devices = config, devices
-        self.device = resolve_device(config.device)
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        if config.batch_size % self.world_size:
+            raise ConfigError(
+                f"{config.batch_size} does not divide among {self.world_size} workers", key="batch_size"
+            )
+        self.device = device or resolve_device(config.device)
         if self.device.type == "cuda":
             # batches have one shape: let cuDNN time and keep its fastest kernels
             torch.backends.cudnn.benchmark = True
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
         if data is None:
             data = load_data(config)
-        self.data = data.to(self.device)
+        self.data = data.shard(self.rank, self.world_size).to(self.device)
         self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
         if self.steps_per_epoch == 0:
             raise ConfigError(
@@ -138,9 +170,18 @@ class Trainer:
         total_steps = self.steps_per_epoch * config.epochs
 
         model = make_model(config, data)
+        if config.sync_bn and distributed:
+            if self.device.type != "cuda":
+                raise ConfigError("SyncBatchNorm runs on GPUs only (torch has no CPU form)", key="sync_bn")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        network = self.model
+        if distributed:  # BatchNorm running statistics: rank 0's, broadcast by DDP every forward
+            network = DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
+        self.forward = torch.compile(network) if config.compile else network
 
         base = torch.optim.SGD(
             self.model.parameters(),
@@ -166,7 +207,7 @@ class Trainer:
             grst_weight=config.grst_weight,
             alpha_max=config.alpha_max,
             seed=config.seed,
-            model=self.model,
+            model=network,
             max_grad_norm=config.grad_clip,
             grad_scaler=self.scaler,
         )
@@ -203,9 +244,24 @@ class Trainer:
             self.lr_scheduler.step()
         return loss.detach(), (first_logits[0].argmax(1) == labels).sum()
 
+    @property
+    def is_main(self) -> bool:
+        """Whether this process reports and writes checkpoints: rank 0, or the only one."""
+        return self.rank == 0
+
+    def _summed(self, *values: torch.Tensor) -> list[float]:
+        """`values` summed over the ranks, read back to the host in one go."""
+        totals = torch.stack(
+            [v.to(torch.float64 if self.device.type != "mps" else torch.float32) for v in values]
+        )
+        if self.world_size > 1:
+            dist.all_reduce(totals)
+        return totals.tolist()
+
     def train_epoch(self, progress: bool = False) -> EpochMetrics:
         """Train one epoch, evaluate, and return (and record) the epoch's metrics."""
         start = time.perf_counter()
+        torch.manual_seed(epoch_seed(self.config.seed, self.epoch, self.rank))
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -226,12 +282,12 @@ class Trainer:
         self.epoch += 1
         test = self.config.test_every_epoch or self.epoch == self.config.epochs
         test_loss, test_accuracy = self.evaluate("test") if test and self.data.size("test") else (None, None)
-        train_loss, train_correct = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
+        train_loss, train_correct = self._summed(loss_sum, correct)
         self.wall_s += time.perf_counter() - start
         opt = self.optimizer
         metrics = EpochMetrics.measured(
             epoch=self.epoch,
-            train_loss=train_loss / self.steps_per_epoch,
+            train_loss=train_loss / (self.steps_per_epoch * self.world_size),
             train_accuracy=train_correct / (self.steps_per_epoch * self.config.batch_size),
             val_loss=val_loss,
             val_accuracy=val_accuracy,
@@ -244,16 +300,21 @@ class Trainer:
             degree_sum=opt.degree_sum,
             wall_s=self.wall_s,
             devices=self.devices,
+            world_size=self.world_size,
         )
         self.history.append(metrics)
         return metrics
 
     @torch.no_grad()
     def evaluate(self, part: str = "val") -> tuple[float, float]:
-        """Loss and accuracy over the whole `part` ("val" or "test"); NaN for an empty part."""
+        """Loss and accuracy over the whole `part` ("val" or "test"), each rank evaluating its share
+        with rank 0's BatchNorm statistics; NaN for an empty part."""
         n = self.data.size(part)
         if n == 0:
             return math.nan, math.nan
+        if self.world_size > 1:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, 0)
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
@@ -262,7 +323,7 @@ class Trainer:
                 logits = self.forward(images.contiguous(memory_format=self.memory_format)).float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
-        loss, right = torch.stack([loss_sum, correct]).tolist()
+        loss, right = self._summed(loss_sum, correct)
         return loss / n, right / n
 
     def fit(self, progress: bool = False) -> Iterator[EpochMetrics]:
@@ -281,7 +342,6 @@ class Trainer:
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "data_rng": self.data_rng.get_state(),
-            "torch_rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -301,10 +361,10 @@ class Trainer:
         if self.scaler:
             self.scaler.load_state_dict(state["scaler"])
         self.data_rng.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
 
     def save(self, path: str | Path) -> None:
-        """Write a checkpoint atomically (a crash mid-write leaves the previous one intact)."""
+        """Write a checkpoint atomically (a crash mid-write leaves the previous one intact). Every rank
+        holds the same state; a data-parallel run writes it from rank 0 (`is_main`)."""
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(self.state_dict(), tmp)

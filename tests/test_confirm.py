@@ -107,6 +107,7 @@ def _row(number, configuration, seed_index, val, propagations):
         degree_sum=0.0,
         wall_s=1.0,
         devices=1.0,
+        world_size=1,
         test_loss=0.3,
         test_accuracy=val - 0.01,
     )

@@ -35,6 +35,7 @@ def _metrics(**changes):
         degree_sum=9.0,
         wall_s=2.0,
         devices=2.0,
+        world_size=1,
     )
     return EpochMetrics.measured(**{**values, **changes})
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rst_tune.data.splits import DEFAULT_VAL_FRACTION, Batches, holdout, normalizer
+from rst_tune.data.splits import DEFAULT_VAL_FRACTION, Batches, holdout, normalizer, rank_share
 
 _TENSORS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
 
@@ -36,6 +36,8 @@ class DataSplits:
     num_classes: int
     crop_padding: int = 0  # > 0: random crop after zero padding (images only)
     flip: bool = False  # random horizontal flips (images only)
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -46,6 +48,9 @@ class DataSplits:
 
     def to(self, device: torch.device | str) -> DataSplits:
         return replace(self, **{name: getattr(self, name).to(device) for name in _TENSORS})
+
+    def shard(self, rank: int, world_size: int) -> DataSplits:
+        return replace(self, rank=rank, world_size=world_size)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return len(self.train_y) // batch_size
@@ -61,8 +66,9 @@ class DataSplits:
             ).to(device)
             padded = torch.nn.functional.pad(self.train_x, (pad,) * 4) if pad else self.train_x
         normalize = normalizer(self.mean, self.std, self.train_x.dim() - 1, device)
+        share = rank_share(batch_size, self.rank, self.world_size)
         for first in range(start * batch_size, self.steps_per_epoch(batch_size) * batch_size, batch_size):
-            idx = order[first : first + batch_size]
+            idx = order[first : first + batch_size][share]
             if augment:
                 images = crop_and_flip(padded[idx], shifts[idx], flips[idx], self.train_x.shape[-1])
             else:
@@ -71,6 +77,8 @@ class DataSplits:
 
     def eval_batches(self, part: str, batch_size: int) -> Batches:
         x, y = getattr(self, f"{part}_x"), getattr(self, f"{part}_y")
+        share = rank_share(len(y), self.rank, self.world_size)
+        x, y = x[share], y[share]
         normalize = normalizer(self.mean, self.std, x.dim() - 1, y.device)
         for first in range(0, len(y), batch_size):
             yield normalize(x[first : first + batch_size]), y[first : first + batch_size]

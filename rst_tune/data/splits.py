@@ -24,6 +24,8 @@ class Splits(Protocol):
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    rank: int  # which of `world_size` data-parallel ranks reads these batches (0 of 1: all of them)
+    world_size: int
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -34,6 +36,10 @@ class Splits(Protocol):
 
     def to(self, device: torch.device | str) -> Splits:
         """The same parts, their batches delivered on `device`."""
+
+    def shard(self, rank: int, world_size: int) -> Splits:
+        """The same parts as rank `rank` of `world_size` reads them: `rank_share` of every training
+        batch (batch sizes stay global) and of each evaluation part."""
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full training batches per epoch (the last partial batch is dropped)."""
@@ -48,6 +54,12 @@ class Splits(Protocol):
 
     def probe(self, count: int) -> torch.Tensor:
         """The first `count` training inputs, normalised, on the CPU: to try a model on."""
+
+
+def rank_share(length: int, rank: int, world_size: int) -> slice:
+    """Rank `rank`'s contiguous share of `length` items split over `world_size` ranks: the shares
+    differ in size by one at most and, in rank order, make up the whole."""
+    return slice(rank * length // world_size, (rank + 1) * length // world_size)
 
 
 def normalizer(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rst_tune.data.splits import Batches, normalizer
+from rst_tune.data.splits import Batches, normalizer, rank_share
 
 _SEED_BOUND = 2**62
 
@@ -71,6 +71,8 @@ class StreamingSplits:
     std: tuple[float, ...] = (1.0,)
     train_labels: torch.Tensor | None = None  # replaces the training items' labels (label noise)
     workers: int = 2
+    rank: int = 0
+    world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _loaders: dict[tuple[str, int], tuple[DataLoader, _Plan | None]] = field(
         default_factory=dict, init=False, repr=False
@@ -82,6 +84,9 @@ class StreamingSplits:
     def to(self, device: torch.device | str) -> StreamingSplits:
         return replace(self, device=torch.device(device))
 
+    def shard(self, rank: int, world_size: int) -> StreamingSplits:
+        return replace(self, rank=rank, world_size=world_size)
+
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.size("train") // batch_size
 
@@ -89,8 +94,14 @@ class StreamingSplits:
         n = self.size("train")
         order = torch.randperm(n, generator=generator)
         seeds = torch.randint(0, _SEED_BOUND, (n,), generator=generator)
-        loader, plan = self._loader("train", batch_size)
-        plan.pairs = list(zip(order.tolist(), seeds.tolist()))[start * batch_size :]
+        pairs = list(zip(order.tolist(), seeds.tolist()))
+        share = rank_share(batch_size, self.rank, self.world_size)
+        loader, plan = self._loader("train", share.stop - share.start)
+        plan.pairs = [
+            pair
+            for first in range(start * batch_size, self.steps_per_epoch(batch_size) * batch_size, batch_size)
+            for pair in pairs[first : first + batch_size][share]
+        ]
         return self._on_device(loader)
 
     def eval_batches(self, part: str, batch_size: int) -> Batches:
@@ -112,10 +123,11 @@ class StreamingSplits:
             train = part == "train"
             plan = _Plan() if train else None
             items = SeededItems(self.parts[part], self.train_labels if train else None)
+            share = rank_share(len(items), self.rank, self.world_size)
             loader = DataLoader(
                 items,
                 batch_size=batch_size,
-                sampler=plan,
+                sampler=plan if train else range(share.start, share.stop),
                 drop_last=train,
                 num_workers=self.workers,
                 pin_memory=self.device.type == "cuda",

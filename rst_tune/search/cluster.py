@@ -1,10 +1,29 @@
-"""Whether a Ray cluster's trials can share the storage they were given."""
+"""Joining the Ray cluster, and whether its trials can share the storage they were given."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import ray
 
 from rst_tune.config import ConfigError
+
+
+def connect(address: str | None, runtime_env: dict[str, Any] | None = None) -> None:
+    """Join the Ray cluster at `address` (None: start a local one), unless joined already. Ray's own
+    messages below ERROR stay in its log files: a local cluster has no dashboard, whose state API Ray
+    Train's placement-group cleaner would otherwise warn about every few seconds."""
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level="ERROR",
+            logging_config=ray.LoggingConfig(log_level="ERROR"),
+            runtime_env=runtime_env,
+        )
+
 
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "9p")
 

@@ -3,6 +3,7 @@
 <run>/search.yaml, study.yaml   the settings as run (command-line overrides applied); --resume reads them
 <run>/optuna.db                 the Optuna study (`optuna-dashboard sqlite:///<run>/optuna.db`)
 <run>/trials/                   the Ray Tune experiment, a folder per trial (under --storage when given)
+<run>/workers/                  a Ray Train run per data-parallel trial, named by its trial id (same)
 <run>/tracking.json             where the run logs to MLflow, and what it could not log
 <run>/mlflow.db, mlartifacts/   the MLflow store, unless the run logs elsewhere
 <run>/pareto.*, study.*         the report (each report names its own files)
@@ -24,6 +25,7 @@ from rst_tune.config import ConfigError
 KINDS = ("search", "study")
 Settings = TypeVar("Settings")
 EXPERIMENT = "trials"
+TRAIN_RUNS = "workers"
 CONFIRMATION = "confirm"
 
 
@@ -104,6 +106,10 @@ class RunFolder:
 
     def experiment_path(self, storage: str | None) -> str:
         return f"{self.storage_path(storage)}/{EXPERIMENT}"
+
+    def train_runs_path(self, storage: str | None) -> str:
+        """Where the Ray Train runs of data-parallel trials keep their checkpoints."""
+        return f"{self.storage_path(storage)}/{TRAIN_RUNS}"
 
     @property
     def tracking_file(self) -> Path:

@@ -15,9 +15,10 @@ from ray import tune
 
 from rst_tune.config import ConfigError
 from rst_tune.imports import is_import_path, source_folder
-from rst_tune.search.cluster import check_shared, spans_machines
+from rst_tune.search.cluster import check_shared, connect, spans_machines
 from rst_tune.search.folder import EXPERIMENT, RunFolder
 from rst_tune.search.objectives import COSTS
+from rst_tune.search.parallel import ReleaseWorkers, train_parallel_trial, trial_checkpoint
 from rst_tune.search.pareto import ParetoReport, build_report, write_report
 from rst_tune.search.progress import Progress
 from rst_tune.search.record import TrialRecord, TrialRow, trial_rows
@@ -71,6 +72,7 @@ class RunPlan:
 # killed in between resumes a trial from a checkpoint that is gone (seen in CI: the trial then FAILED).
 # Two kept leave the one the saved state names, unless two epochs end within that second.
 KEEP_CHECKPOINTS = 2
+DRIVER_RESOURCES = {"memory": 2**20}  # a data-parallel trial's own process only waits on its workers: no CPU
 
 
 def _trial_dirname(trial) -> str:
@@ -86,7 +88,16 @@ def _tuner(
     callbacks: Sequence[tune.Callback],
 ) -> tune.Tuner:
     spec, epochs = plan.spec, plan.spec.train_config().epochs
-    trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    if spec.resources.workers == 1:
+        trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    else:  # the trial only drives its Train run, whose workers hold the resources
+        driver = tune.with_parameters(
+            train_parallel_trial,
+            resources=spec.resources,
+            storage=folder.train_runs_path(spec.storage),
+            max_failures=spec.max_failures,
+        )
+        trainable = tune.with_resources(driver, DRIVER_RESOURCES)
     if restore:
         return tune.Tuner.restore(
             folder.experiment_path(spec.storage), trainable, resume_unfinished=True, resume_errored=False
@@ -98,14 +109,14 @@ def _tuner(
             scheduler=build_scheduler(spec, epochs),
             num_samples=num_samples,
             max_concurrent_trials=spec.max_concurrent,
-            reuse_actors=spec.reuse_actors,
+            reuse_actors=spec.reuse_actors and spec.resources.workers == 1,
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
             storage_path=folder.storage_path(spec.storage),
             verbose=0,
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, *([ReleaseWorkers()] if spec.resources.workers > 1 else [])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         ),
@@ -154,14 +165,7 @@ def run_trials(
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # progress is ours: one line per trial
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial's reason is in its line
-    if not ray.is_initialized():
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            configure_logging=True,
-            logging_level="ERROR",
-            runtime_env=runtime_env(spec, values),
-        )
+    connect(address, runtime_env(spec, values))
     if spans_machines(ray.nodes(), ray.util.get_node_ip_address()):
         check_shared(spec.storage or str(folder.path))
     if not resume:
@@ -182,7 +186,11 @@ def run_trials(
         callback.setup()
     progress = Progress(spec.num_samples, spec.train_config().epochs, out)
     results = _tuner(plan, folder, searcher, remaining, restorable, [progress, *callbacks]).fit()
-    checkpoints = {r.metrics["trial_id"]: r.checkpoint for r in results if r.checkpoint and r.metrics}
+    checkpoints = {
+        r.metrics["trial_id"]: checkpoint
+        for r in results
+        if r.metrics and (checkpoint := trial_checkpoint(r, spec.storage)) is not None
+    }
     report = plan.report(folder.path)
     done = ended(report.trials)
     for callback in callbacks:
@@ -221,6 +229,7 @@ def run_search(
     header = (
         f"{spec.name} in {run_dir}: {spec.num_samples} trials of {spec.train_config().epochs} epochs, "
         f"{spec.max_concurrent} at a time, objective {spec.objective}, sampler {spec.sampler.name}"
+        + (f", {spec.resources.workers} data-parallel workers each" if spec.resources.workers > 1 else "")
     )
     plan = RunPlan(spec, DefineByRun(spec), header, search_report)
     return run_trials(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rst_tune.config import ConfigError, Problem, TrainConfig, load_config, validation_problems
 
@@ -18,8 +18,22 @@ class Strict(BaseModel):
 
 
 class Resources(Strict):
+    """What one trial holds: `workers` data-parallel processes (1: the trial's own process), each with
+    `cpu` CPUs and `gpu` GPUs (a fraction shares one)."""
+
+    workers: int = Field(1, ge=1)
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_gpu_per_rank(self) -> Resources:
+        if self.workers > 1 and self.gpu not in (0, 1):
+            raise ConfigError(
+                f"{self.gpu:g} with {self.workers} workers: each data-parallel worker drives one whole GPU "
+                "(NCCL runs one rank per GPU); share GPUs between trials with workers: 1",
+                key="gpu",
+            )
+        return self
 
 
 class RunSettings(Strict):
@@ -49,6 +63,16 @@ class RunSettings(Strict):
 
     def train_config(self) -> TrainConfig:
         return load_config(self.train)
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> RunSettings:
+        batch_size = self.train_config().batch_size
+        if batch_size % self.resources.workers:
+            raise ConfigError(
+                f"{self.resources.workers} workers do not divide train.batch_size {batch_size}",
+                key=("resources", "workers"),
+            )
+        return self
 
 
 Settings = TypeVar("Settings", bound=RunSettings)

@@ -57,6 +57,12 @@ class Dimension(Strict):
             values = [int(v) for v in values]
         return values + ([None] if self.optional else [])
 
+    def divides(self, n: int) -> bool:
+        """Whether every value the dimension can take is a multiple of n."""
+        if self.choices is not None:
+            return all(isinstance(c, int) and c % n == 0 for c in self.choices)
+        return n == 1
+
     def contains(self, value: Any) -> bool:
         if self.choices is not None:
             return value in self.choices or (value is None and self.optional)
@@ -162,6 +168,12 @@ class SearchSpec(RunSettings):
                     )
                 for value in self._dimensions[key].values_to_check():
                     _check_setting(base, key, value)
+                workers = self.resources.workers
+                if key == "batch_size" and workers > 1 and not self._dimensions[key].divides(workers):
+                    raise ConfigError(
+                        f"every batch size must divide among the {workers} workers: give choices that do",
+                        key=("space", key),
+                    )
         if self.objective == "accuracy_under_budget" and self.budget is None:
             raise ConfigError(
                 "accuracy_under_budget needs a budget (the largest cost ratio, between 1 and 2)", key="budget"

@@ -12,7 +12,7 @@ import ray
 import ray.tune
 
 from rst_tune.search.record import TrialRecord
-from rst_tune.train import Trainer
+from rst_tune.train import EpochMetrics, Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 
@@ -32,15 +32,22 @@ def train_trial(config: dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     for metrics in trainer.fit():
         result = {**metrics, "expected_cost": record.expected_cost, "node_id": node_id}
-        watched = ("train_loss", "val_loss") if trainer.data.size("val") else ("train_loss",)
-        diverged = [key for key in watched if not math.isfinite(metrics[key])]
-        if diverged:
-            reason = f"diverged: {diverged[0]} is {metrics[diverged[0]]} at epoch {metrics.epoch}"
-            ray.tune.report({**result, "failure": reason})
-            raise FloatingPointError(reason)
+        failure = divergence(trainer, metrics)
+        if failure:
+            ray.tune.report({**result, "failure": failure})
+            raise FloatingPointError(failure)
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(Path(folder) / CHECKPOINT_FILE)
             ray.tune.report(result, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+
+
+def divergence(trainer: Trainer, metrics: EpochMetrics) -> str | None:
+    """Why the epoch `metrics` ends the trial (a loss that is not finite), or None."""
+    watched = ("train_loss", "val_loss") if trainer.data.size("val") else ("train_loss",)
+    diverged = [key for key in watched if not math.isfinite(metrics[key])]
+    if diverged:
+        return f"diverged: {diverged[0]} is {metrics[diverged[0]]} at epoch {metrics.epoch}"
+    return None
 
 
 def held_devices() -> float:

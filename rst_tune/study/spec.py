@@ -36,7 +36,12 @@ class StudySpec(RunSettings):
             raise ConfigError(STUDY_WIDE["seed"], key=("train", "seed"))
         labels: dict[str, int] = {}
         for index in range(len(self.configurations)):
-            self.train_config_of(index)
+            batch_size = self.train_config_of(index).batch_size
+            if batch_size % self.resources.workers:
+                raise ConfigError(
+                    f"{batch_size} does not divide among the {self.resources.workers} workers",
+                    key=("configurations", str(index), "batch_size"),
+                )
             label = self.label(index)
             if label in labels:
                 raise ConfigError(
