@@ -15,7 +15,8 @@ Data-parallel form (`model` a DistributedDataParallel): every rank draws the sam
 only) and each step all-reduces the gradient once. An SGD step reduces its one pass, as DDP does. A
 sharpness-aware step runs the clean pass under `no_sync()`, so each rank perturbs with its own g1 (the
 SAM paper's data-parallel form); the perturbed pass accumulates onto ((1 − α)/α)·g1 (onto nothing when
-α = 1), DDP reduces that sum once, and scaling by α leaves the mean over ranks of (1 − α)·g1 + α·g2.
+α = 1), DDP reduces that sum once, and scaling by α leaves the mean over ranks of (1 − α)·g1 + α·g2
+(g2's share then carries a rounding error about 1/α times that of the lerp the single process uses).
 Under `TORCH_DISTRIBUTED_DEBUG=INFO` (or DETAIL) every step checks that all ranks drew the same coin.
 """
 

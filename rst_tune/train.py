@@ -177,11 +177,15 @@ class Trainer:
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         network = self.model
-        if distributed:  # BatchNorm running statistics: rank 0's, broadcast by DDP every forward
+        if distributed:
             network = DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None
             )
         self.forward = torch.compile(network) if config.compile else network
+        # evaluation runs the module itself: no DDP collectives, which a rank with no items would miss
+        self.evaluate_forward = (
+            (torch.compile(self.model) if config.compile else self.model) if distributed else self.forward
+        )
 
         base = torch.optim.SGD(
             self.model.parameters(),
@@ -308,7 +312,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, part: str = "val") -> tuple[float, float]:
         """Loss and accuracy over the whole `part` ("val" or "test"), each rank evaluating its share
-        with rank 0's BatchNorm statistics; NaN for an empty part."""
+        with rank 0's BatchNorm statistics (broadcast first); NaN for an empty part."""
         n = self.data.size(part)
         if n == 0:
             return math.nan, math.nan
@@ -320,7 +324,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device)
         for images, labels in self.data.eval_batches(part, self.config.eval_batch_size):
             with self._autocast():
-                logits = self.forward(images.contiguous(memory_format=self.memory_format)).float()
+                logits = self.evaluate_forward(images.contiguous(memory_format=self.memory_format)).float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
         loss, right = self._summed(loss_sum, correct)

@@ -416,7 +416,15 @@ def test_the_cli_trains_on_two_workers(tmp_path):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"resources": {"workers": 3}}, "resources.workers: 3 workers do not divide train.batch_size 64"),
+        ({"resources": {"workers": 3}}, "train.batch_size: 64 does not divide among 3 workers"),
+        (
+            {"resources": {"workers": 2}, "train": {"grst_weight": 0}},
+            "train.grst_weight: 0 has no data-parallel form",
+        ),
+        (
+            {"resources": {"workers": 2}, "train": {"sync_bn": True}},
+            "train.sync_bn: SyncBatchNorm runs on GPUs only",
+        ),
         (
             {"resources": {"workers": 2}, "space": {"batch_size": {"low": 32, "high": 128, "type": "int"}}},
             "space.batch_size: every batch size must divide among the 2 workers: give choices that do",
@@ -435,6 +443,7 @@ def test_a_search_file_whose_workers_cannot_run_names_the_key(changes, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         parse_spec(values)
     values["space"].pop("batch_size", None)
+    values.pop("train", None)
     values["resources"] = {"workers": 2, "gpu": 1}
     values["space"]["batch_size"] = {"choices": [32, 64]}
     assert parse_spec(values).resources.workers == 2

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from rst_tune.config import ConfigError
+from rst_tune.imports import is_import_path, source_folder
+
+
+def code_runtime_env(values: dict[str, Any]) -> dict[str, Any] | None:
+    """A `runtime_env` that puts the folders of the user code `values` names (models and datasets by
+    import path) on the Ray workers' PYTHONPATH; None when it names none."""
+    named = {text for text in _strings(values) if is_import_path(text)}
+    folders = sorted({folder for path in named if (folder := source_folder(path))})
+    if not folders:
+        return None
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join([*folders, *inherited])}}
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def connect(address: str | None, runtime_env: dict[str, Any] | None = None) -> None:

@@ -3,8 +3,9 @@
 
 Ray Train starts the processes and the torch.distributed group (gloo on CPU, NCCL on GPU), on one node
 or several; the engine does the rest (`rst_tune.train`). Rank 0 reports the all-reduced metrics and
-writes the checkpoint; a worker that dies restarts the group from it (`max_failures`), with any number
-of workers that divides the batch.
+writes the checkpoint, which any number of workers that divides the batch resumes from: in a search a
+worker that dies restarts the group from it (`max_failures`); `rst-tune train` resumes from its
+`--checkpoint` file when run again.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 from ray.util.placement_group import PlacementGroup
 from ray.util.queue import Empty, Queue
 
-from rst_tune.config import ConfigError, TrainConfig, load_config
-from rst_tune.search.cluster import connect
+from rst_tune.config import TrainConfig, load_config
+from rst_tune.search.cluster import code_runtime_env, connect
 from rst_tune.search.record import TrialRecord
 from rst_tune.search.settings import Resources
 from rst_tune.search.trainable import CHECKPOINT_FILE, divergence
@@ -40,9 +41,10 @@ PLACEMENT_GROUP = "placement_group_id"  # a data-parallel trial's result: its wo
 def train_worker(loop: dict[str, Any]) -> None:
     """One rank of the run `loop["train"]` (a TrainConfig mapping): resumes from Train's checkpoint,
     else from `loop["checkpoint_file"]` when that exists; reports every epoch's metrics with
-    `loop["report"]`, rank 0 with a checkpoint (and into `loop["checkpoint_file"]`, and its metrics
-    onto the `loop["epochs"]` queue, when given). A diverged epoch is reported with its `failure` and
-    ends the run."""
+    `loop["report"]`. Rank 0 writes the checkpoint into `loop["checkpoint_file"]` when given, else
+    reports it to Train when `loop["report_checkpoints"]`, and puts its metrics onto the
+    `loop["epochs"]` queue when given. A diverged epoch is reported with its `failure` and ends the
+    run."""
     # Ray Train's per-report INFO line comes from a logger named by its file, which its log level
     # setting misses: the worker logs from WARNING up
     logging.getLogger().setLevel(logging.WARNING)
@@ -63,10 +65,10 @@ def train_worker(loop: dict[str, Any]) -> None:
             result["failure"] = failure
         with tempfile.TemporaryDirectory() as folder:
             saved = None
-            if trainer.is_main and not failure:
+            if trainer.is_main and not failure and file:
+                trainer.save(file)
+            elif trainer.is_main and not failure and loop["report_checkpoints"]:
                 trainer.save(Path(folder) / CHECKPOINT_FILE)
-                if file:
-                    trainer.save(file)
                 saved = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(result, checkpoint=saved)
         if trainer.is_main and loop.get("epochs") is not None:
@@ -100,6 +102,7 @@ def train_parallel_trial(
             "train": record.train.model_dump(),
             "report": {"expected_cost": record.expected_cost},
             "devices": held_devices(resources),
+            "report_checkpoints": True,
         },
         scaling_config=_scaling(resources),
         run_config=ray.train.RunConfig(
@@ -160,11 +163,11 @@ def train_on_workers(
     `on_epoch` with each epoch's metrics as rank 0 reports them and returns them all.
     `checkpoint_file` is written every epoch and resumed from when present (on several machines it
     must be on storage all of them share)."""
-    if config.batch_size % workers:
-        raise ConfigError(f"{config.batch_size} does not divide among {workers} workers", key="batch_size")
-    connect(address)
+    Resources(workers=workers, gpu=1.0).check(config, ())  # all but the GPU's: before Ray starts
+    connect(address, code_runtime_env(config.model_dump()))
     gpus = ray.cluster_resources().get("GPU", 0) > 0 if config.device == "auto" else "cuda" in config.device
     resources = Resources(workers=workers, gpu=1.0 if gpus else 0.0)
+    resources.check(config, ())
     epochs: Queue = Queue()
     history: list[EpochMetrics] = []
     with tempfile.TemporaryDirectory() as storage:  # Train's run state only: the checkpoint is the file
@@ -175,6 +178,7 @@ def train_on_workers(
                 "report": {},
                 "devices": held_devices(resources),
                 "checkpoint_file": str(Path(checkpoint_file).resolve()) if checkpoint_file else None,
+                "report_checkpoints": False,  # Train's storage here is a folder on this machine only
                 "epochs": epochs,
             },
             scaling_config=_scaling(resources),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -14,8 +14,7 @@ import ray
 from ray import tune
 
 from rst_tune.config import ConfigError
-from rst_tune.imports import is_import_path, source_folder
-from rst_tune.search.cluster import check_shared, connect, spans_machines
+from rst_tune.search.cluster import check_shared, code_runtime_env, connect, spans_machines
 from rst_tune.search.folder import EXPERIMENT, RunFolder
 from rst_tune.search.objectives import COSTS
 from rst_tune.search.parallel import ReleaseWorkers, train_parallel_trial, trial_checkpoint
@@ -124,27 +123,8 @@ def _tuner(
 
 
 def runtime_env(spec: RunSettings, values: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's `runtime_env`, else one that puts the folders of the user code it names (models and
-    datasets by import path, in `values`) on the trials' PYTHONPATH."""
-    if spec.runtime_env is not None:
-        return spec.runtime_env
-    named = {text for text in _strings(values) if is_import_path(text)}
-    folders = sorted({folder for path in named if (folder := source_folder(path))})
-    if not folders:
-        return None
-    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
-    return {"env_vars": {"PYTHONPATH": os.pathsep.join([*folders, *inherited])}}
-
-
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
+    """The run's `runtime_env`, else `code_runtime_env(values)`."""
+    return spec.runtime_env if spec.runtime_env is not None else code_runtime_env(values)
 
 
 def run_trials(

@@ -35,6 +35,24 @@ class Resources(Strict):
             )
         return self
 
+    def check(self, config: TrainConfig, key: tuple[str, ...] = ("train",)) -> None:
+        """Raise ConfigError, naming the key under `key`, for what `config` cannot do on these workers."""
+        if self.workers == 1:
+            return
+        if config.batch_size % self.workers:
+            raise ConfigError(
+                f"{config.batch_size} does not divide among {self.workers} workers", key=(*key, "batch_size")
+            )
+        if config.grst_weight == 0:
+            raise ConfigError(
+                "0 has no data-parallel form (α = 0): leave G-RST off, or use p = 0",
+                key=(*key, "grst_weight"),
+            )
+        if config.sync_bn and not self.gpu:
+            raise ConfigError(
+                "SyncBatchNorm runs on GPUs only: give the workers gpu: 1", key=(*key, "sync_bn")
+            )
+
 
 class RunSettings(Strict):
     """A name, the fixed training settings, and how trials run on Ray."""
@@ -65,13 +83,8 @@ class RunSettings(Strict):
         return load_config(self.train)
 
     @model_validator(mode="after")
-    def _batch_divides(self) -> RunSettings:
-        batch_size = self.train_config().batch_size
-        if batch_size % self.resources.workers:
-            raise ConfigError(
-                f"{self.resources.workers} workers do not divide train.batch_size {batch_size}",
-                key=("resources", "workers"),
-            )
+    def _runs_on_the_workers(self) -> RunSettings:
+        self.resources.check(self.train_config())
         return self
 
 

@@ -174,6 +174,8 @@ class SearchSpec(RunSettings):
                         f"every batch size must divide among the {workers} workers: give choices that do",
                         key=("space", key),
                     )
+                if key == "grst_weight" and workers > 1 and self._dimensions[key].contains(0):
+                    raise ConfigError("0 has no data-parallel form (α = 0)", key=("space", key))
         if self.objective == "accuracy_under_budget" and self.budget is None:
             raise ConfigError(
                 "accuracy_under_budget needs a budget (the largest cost ratio, between 1 and 2)", key="budget"

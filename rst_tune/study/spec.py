@@ -36,12 +36,7 @@ class StudySpec(RunSettings):
             raise ConfigError(STUDY_WIDE["seed"], key=("train", "seed"))
         labels: dict[str, int] = {}
         for index in range(len(self.configurations)):
-            batch_size = self.train_config_of(index).batch_size
-            if batch_size % self.resources.workers:
-                raise ConfigError(
-                    f"{batch_size} does not divide among the {self.resources.workers} workers",
-                    key=("configurations", str(index), "batch_size"),
-                )
+            self.resources.check(self.train_config_of(index), ("configurations", str(index)))
             label = self.label(index)
             if label in labels:
                 raise ConfigError(
