@@ -1,7 +1,10 @@
 """What a benchmark records about the machine it ran on."""
 
+import json
 import platform
 from pathlib import Path
+
+import torch
 
 
 def cpu_model() -> str:
@@ -12,3 +15,11 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def write_results(path: str, results: dict) -> None:
+    """`results` as JSON at `path`, with the torch version and thread count they were measured with."""
+    with open(path, "w") as f:
+        json.dump(
+            {"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}, f, indent=2
+        )

@@ -13,13 +13,13 @@ streaming path's ratio to the resident one taken within a round. Only Randomized
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
 import time
 
 import torch
+from _machine import write_results
 from torch.utils.data import TensorDataset
 
 from rst_tune.config import load_config
@@ -93,12 +93,7 @@ def main() -> None:
             ratio = result["ratio_to_resident"].get(path, 1.0)
             print(f"  {path:<22}{result['epoch_s'][path]:>8.3f} s/epoch{ratio:>8.2f}x resident")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results},
-                f,
-                indent=2,
-            )
+        write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import random
 import statistics
@@ -24,6 +23,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _machine import write_results
 
 from rst_tune.models import build_model
 from rst_tune.schedules import make_schedule
@@ -185,12 +185,7 @@ def main() -> None:
             print(f"  G-RST / RST at p=0.5: {result['grst_over_rst']:.3f} (median of per-round ratios)")
             print("  " + ", ".join(f"{k}: {'yes' if ok else 'NO'}" for k, ok in result["verdicts"].items()))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results},
-                f,
-                indent=2,
-            )
+        write_results(args.json, results)
 
 
 if __name__ == "__main__":

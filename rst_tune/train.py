@@ -135,6 +135,19 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def check_ranks(config: TrainConfig, world_size: int, gpus: bool) -> None:
+    """Raise ConfigError, naming the key, for what `config` cannot do as a data-parallel run of
+    `world_size` ranks (on GPUs when `gpus`)."""
+    if config.batch_size % world_size:
+        raise ConfigError(f"{config.batch_size} does not divide among {world_size} workers", key="batch_size")
+    if config.grst_weight == 0:
+        raise ConfigError(
+            "0 has no data-parallel form (α = 0): leave G-RST off, or use p = 0", key="grst_weight"
+        )
+    if config.sync_bn and not gpus:
+        raise ConfigError("SyncBatchNorm runs on GPUs only (torch has no CPU form)", key="sync_bn")
+
+
 class Trainer:
     """Builds data, model and optimizer from a TrainConfig and runs it epoch by epoch. `devices` is how
     many devices the run holds (a fraction when it shares one; all ranks' together), for
@@ -150,11 +163,9 @@ class Trainer:
         self.config, self.devices = config, devices
         distributed = dist.is_available() and dist.is_initialized()
         self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        if config.batch_size % self.world_size:
-            raise ConfigError(
-                f"{config.batch_size} does not divide among {self.world_size} workers", key="batch_size"
-            )
         self.device = device or resolve_device(config.device)
+        if distributed:
+            check_ranks(config, self.world_size, gpus=self.device.type == "cuda")
         if self.device.type == "cuda":
             # batches have one shape: let cuDNN time and keep its fastest kernels
             torch.backends.cudnn.benchmark = True
@@ -171,8 +182,6 @@ class Trainer:
 
         model = make_model(config, data)
         if config.sync_bn and distributed:
-            if self.device.type != "cuda":
-                raise ConfigError("SyncBatchNorm runs on GPUs only (torch has no CPU form)", key="sync_bn")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
@@ -181,11 +190,10 @@ class Trainer:
             network = DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None
             )
-        self.forward = torch.compile(network) if config.compile else network
+        compiled = torch.compile if config.compile else lambda module: module
+        self.forward = compiled(network)
         # evaluation runs the module itself: no DDP collectives, which a rank with no items would miss
-        self.evaluate_forward = (
-            (torch.compile(self.model) if config.compile else self.model) if distributed else self.forward
-        )
+        self.evaluate_forward = compiled(self.model) if distributed else self.forward
 
         base = torch.optim.SGD(
             self.model.parameters(),

@@ -30,10 +30,9 @@ from rst_tune.config import TrainConfig, load_config
 from rst_tune.search.cluster import code_runtime_env, connect
 from rst_tune.search.record import TrialRecord
 from rst_tune.search.settings import Resources
-from rst_tune.search.trainable import CHECKPOINT_FILE, divergence
+from rst_tune.search.trainable import CHECKPOINT_FILE, KEEP_CHECKPOINTS, divergence
 from rst_tune.train import EpochMetrics, Trainer
 
-KEEP_CHECKPOINTS = 2  # as a Tune trial's: see runner.KEEP_CHECKPOINTS
 QUIET = ray.train.LoggingConfig(log_level="WARNING")  # not a line per report and checkpoint
 PLACEMENT_GROUP = "placement_group_id"  # a data-parallel trial's result: its workers' placement group
 
@@ -114,7 +113,12 @@ def train_parallel_trial(
             logging_config=QUIET,
         ),
     )
-    failure = (trainer.fit().metrics or {}).get("failure")
+    _raise_failure(trainer.fit())
+
+
+def _raise_failure(result: ray.train.Result) -> None:
+    """Raise the divergence a Train run ended with, if it did (its last report's `failure`)."""
+    failure = (result.metrics or {}).get("failure")
     if failure:
         raise FloatingPointError(failure)
 
@@ -197,9 +201,7 @@ def train_on_workers(
         result = outcome["result"]
     if isinstance(result, Exception):
         raise result
-    failure = (result.metrics or {}).get("failure")
-    if failure:
-        raise FloatingPointError(failure)
+    _raise_failure(result)
     return history
 
 

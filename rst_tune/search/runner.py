@@ -26,7 +26,7 @@ from rst_tune.search.searcher import RSTSearch
 from rst_tune.search.settings import RunSettings
 from rst_tune.search.space import DefineByRun, points_to_evaluate
 from rst_tune.search.spec import SearchSpec, parse_spec
-from rst_tune.search.trainable import train_trial
+from rst_tune.search.trainable import KEEP_CHECKPOINTS, train_trial
 
 
 class Report(Protocol):
@@ -66,11 +66,6 @@ class RunPlan:
     report: Callable[[Path], Report]
 
 
-# Ray deletes a trial's older checkpoints as soon as it registers a new one, but saves the experiment
-# state (which names the checkpoint to resume from) at most once a second: with one kept, a driver
-# killed in between resumes a trial from a checkpoint that is gone (seen in CI: the trial then FAILED).
-# Two kept leave the one the saved state names, unless two epochs end within that second.
-KEEP_CHECKPOINTS = 2
 DRIVER_RESOURCES = {"memory": 2**20}  # a data-parallel trial's own process only waits on its workers: no CPU
 
 

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rst_tune.config import ConfigError, Problem, TrainConfig, load_config, validation_problems
+from rst_tune.train import check_ranks
 
 
 class Strict(BaseModel):
@@ -37,21 +38,11 @@ class Resources(Strict):
 
     def check(self, config: TrainConfig, key: tuple[str, ...] = ("train",)) -> None:
         """Raise ConfigError, naming the key under `key`, for what `config` cannot do on these workers."""
-        if self.workers == 1:
-            return
-        if config.batch_size % self.workers:
-            raise ConfigError(
-                f"{config.batch_size} does not divide among {self.workers} workers", key=(*key, "batch_size")
-            )
-        if config.grst_weight == 0:
-            raise ConfigError(
-                "0 has no data-parallel form (α = 0): leave G-RST off, or use p = 0",
-                key=(*key, "grst_weight"),
-            )
-        if config.sync_bn and not self.gpu:
-            raise ConfigError(
-                "SyncBatchNorm runs on GPUs only: give the workers gpu: 1", key=(*key, "sync_bn")
-            )
+        if self.workers > 1:
+            try:
+                check_ranks(config, self.workers, gpus=self.gpu > 0)
+            except ConfigError as err:
+                raise err.within(*key) from None
 
 
 class RunSettings(Strict):

@@ -15,6 +15,11 @@ from rst_tune.search.record import TrialRecord
 from rst_tune.train import EpochMetrics, Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
+# Ray deletes a trial's older checkpoints as soon as it registers a new one, but saves the experiment
+# state (which names the checkpoint to resume from) at most once a second: with one kept, a driver
+# killed in between resumes a trial from a checkpoint that is gone (seen in CI: the trial then FAILED).
+# Two kept leave the one the saved state names, unless two epochs end within that second.
+KEEP_CHECKPOINTS = 2
 
 
 def train_trial(config: dict[str, Any]) -> None:
