@@ -97,12 +97,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rst_tune.train import Trainer
 
     config, workers = build_train_config(args)
+    if args.checkpoint_every is not None:
+        if args.checkpoint_every < 1 or not args.checkpoint or workers > 1:
+            raise ConfigError(
+                f"takes a number of steps >= 1, with --checkpoint FILE and one process "
+                f"(got {args.checkpoint_every}, --checkpoint {args.checkpoint}, workers={workers})",
+                key="--checkpoint-every",
+            )
     if workers > 1:
         return _train_on_workers(config, workers, args)
     trainer = Trainer(config)
     if args.checkpoint and Path(args.checkpoint).exists():
         trainer.load(args.checkpoint)
-        print(f"resumed from {args.checkpoint} at epoch {trainer.epoch}")
+        print(f"resumed from {args.checkpoint} at epoch {trainer.epoch}, step {trainer.step_in_epoch}")
     schedule = config.schedule.build()
     print(
         f"{config.dataset} / {config.model} on {trainer.device}: "
@@ -111,7 +118,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         + (f", G-RST weight {config.grst_weight}" if config.grst_weight is not None else "")
     )
     tqdm.write(format_row(None))
-    for metrics in trainer.fit(progress=not args.quiet):
+    for metrics in trainer.fit(
+        progress=not args.quiet, every=args.checkpoint_every or 0, on_steps=lambda t: t.save(args.checkpoint)
+    ):
         tqdm.write(format_row(metrics))
         if args.checkpoint:
             trainer.save(args.checkpoint)
@@ -266,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", help="YAML file of config keys (overrides on the command line win)")
     train.add_argument("--checkpoint", help="checkpoint file: written every epoch, resumed from if present")
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="STEPS",
+        help="also write the checkpoint every STEPS steps within an epoch (one process; a resume "
+        "continues at that step, with the same data order)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--address", help="Ray cluster address for workers=N (default: a local Ray)")
     train.add_argument("overrides", nargs="*", metavar="key=value")

@@ -151,6 +151,11 @@ class TrainConfig(BaseModel):
         return self
 
 
+EXECUTION_KEYS: frozenset[str] = frozenset({"loader_workers"})
+"""TrainConfig keys that say how a run is carried out, not what it computes: a checkpoint resumes
+under other values of them (the data order does not depend on the number of loader workers)."""
+
+
 def load_config(values: dict[str, Any]) -> TrainConfig:
     """Validate a mapping (from YAML, the CLI or a search) into a TrainConfig, or raise ConfigError
     with a problem per bad key."""

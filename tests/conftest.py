@@ -34,6 +34,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Crash(Exception):
+    """Stands for the process dying right after a mid-epoch checkpoint."""
+
+
+def crash_after_saving(path, epoch, step):
+    """An `on_steps` callback that writes the checkpoint, and dies after the one at (epoch, step)."""
+
+    def on_steps(trainer):
+        trainer.save(path)
+        if (trainer.epoch, trainer.step_in_epoch) == (epoch, step):
+            raise Crash
+
+    return on_steps
+
+
 def rst_tune_process(*args: str) -> subprocess.Popen:
     """`rst-tune ARGS` in its own process group, output (both streams) on `stdout`."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -18,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
-from conftest import free_port, rst_tune_process
+from conftest import rst_tune_process
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.func import functional_call
@@ -37,13 +38,14 @@ B, STEPS, LR, RHO = 8, 10, 0.1, 0.05
 
 def on_ranks(fn, world_size, tmp_path, *args):
     """`fn(rank, world_size, *args)` on `world_size` gloo processes; their return values, by rank."""
-    mp.spawn(_rank, args=(world_size, free_port(), fn, tmp_path, args), nprocs=world_size)
+    store = tmp_path / f"store-{uuid.uuid4().hex}"  # a file, not a port another process could take first
+    mp.spawn(_rank, args=(world_size, store, fn, tmp_path, args), nprocs=world_size)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
 
-def _rank(rank, world_size, port, fn, tmp_path, args):
+def _rank(rank, world_size, store, fn, tmp_path, args):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
         result = fn(rank, world_size, *args)
     finally:

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import Crash, crash_after_saving
 
 from rst_tune.config import ConfigError, TrainConfig, load_config
 from rst_tune.train import EPOCH_METRICS, METRICS, Trainer, train
@@ -38,6 +39,29 @@ def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
     timed = ("wall_s", "device_seconds")
     strip = lambda h: [{k: v for k, v in m.items() if k not in timed} for m in h]  # noqa: E731
     assert strip(straight.history) == strip(resumed.history)
+    assert resumed.optimizer.state_dict()["rng"] == straight.optimizer.state_dict()["rng"]
+
+
+def test_a_mid_epoch_checkpoint_resumes_at_its_step_bit_for_bit(tmp_path):
+    config = load_config(FAST)
+    straight = Trainer(config)
+    list(straight.fit())
+    assert straight.steps_per_epoch == 8  # 1,150 digits / 128: the checkpoint below is mid-epoch
+
+    first = Trainer(config)
+    with pytest.raises(Crash):
+        list(first.fit(every=3, on_steps=crash_after_saving(tmp_path / "ckpt.pt", 1, 6)))
+    torch.manual_seed(999)
+    resumed = Trainer(config)
+    resumed.load(tmp_path / "ckpt.pt")
+    assert (resumed.epoch, resumed.step_in_epoch, resumed.optimizer.steps) == (1, 6, 14)
+    list(resumed.fit())
+
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    timed = ("wall_s", "device_seconds")
+    strip = lambda h: [{k: v for k, v in m.items() if k not in timed} for m in h]  # noqa: E731
+    assert strip(straight.history) == strip(resumed.history)  # epoch 2's train loss spans the resume
     assert resumed.optimizer.state_dict()["rng"] == straight.optimizer.state_dict()["rng"]
 
 

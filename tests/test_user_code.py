@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import Crash, crash_after_saving
 
 from rst_tune.cli import main
 from rst_tune.config import load_config
@@ -136,18 +137,20 @@ def test_rst_tune_train_trains_a_user_model_on_user_data_from_the_working_direct
     assert "test part:" in result.stdout
 
 
+STREAMED_DROPOUT = {
+    "dataset": "outside.tables:blobs",
+    "dataset_params": {"streamed": True},
+    "model": "outside.nets:mlp",
+    "model_params": {"dropout": 0.5},
+    "epochs": 2,
+    "batch_size": 50,
+}
+
+
 def test_a_search_imports_the_user_package_in_its_ray_workers(project, tmp_path):
     space = {
         "name": "outside",
-        "train": {
-            "dataset": "outside.tables:blobs",
-            "dataset_params": {"streamed": True},
-            "model": "outside.nets:mlp",
-            "model_params": {"dropout": 0.2},
-            "epochs": 2,
-            "batch_size": 50,
-            "loader_workers": 1,
-        },
+        "train": {**STREAMED_DROPOUT, "model_params": {"dropout": 0.2}, "loader_workers": 1},
         "space": {"schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}}}},
         "num_samples": 2,
         "confirm": {"seeds": 0},
@@ -176,6 +179,50 @@ def test_the_streaming_path_trains_exactly_as_the_device_resident_path_on_the_sa
         assert first[name] == pytest.approx(second[name], rel=1e-6), name
     for a, b in zip(resident.model.parameters(), streamed.model.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_a_streamed_dropout_run_resumes_mid_epoch_to_the_same_weights(project, tmp_path):
+    config = load_config({**STREAMED_DROPOUT, "schedule": {"name": "constant", "params": {"p": 0.5}}})
+    straight = Trainer(config)
+    list(straight.fit())
+    first = Trainer(config)
+    with pytest.raises(Crash):
+        list(first.fit(every=4, on_steps=crash_after_saving(tmp_path / "ckpt.pt", 0, 8)))
+    resumed = Trainer(config.model_copy(update={"loader_workers": 0}))  # another worker count
+    resumed.load(tmp_path / "ckpt.pt")
+    assert (resumed.epoch, resumed.step_in_epoch) == (0, 8) and resumed.steps_per_epoch == 12
+    list(resumed.fit())
+    assert straight.optimizer.sam_steps == resumed.optimizer.sam_steps > 0
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)  # the same batches, and the same dropout masks after the resume
+    assert straight.history[0].train_loss == resumed.history[0].train_loss
+
+
+def test_rst_tune_train_resumes_a_mid_epoch_checkpoint(project, tmp_path):
+    settings = ["dataset=outside.tables:blobs", "model=outside.nets:mlp", "model_params.dropout=0.5",
+                "epochs=2", "batch_size=50", "--quiet"]  # fmt: skip
+    straight = _run("train", *settings, "--checkpoint", str(tmp_path / "straight.pt"), cwd=project)
+    assert straight.returncode == 0, straight.stderr
+    config = load_config({k: v for k, v in STREAMED_DROPOUT.items() if k != "dataset_params"})
+    with pytest.raises(Crash):
+        list(Trainer(config).fit(every=5, on_steps=crash_after_saving(tmp_path / "resumed.pt", 1, 5)))
+    checkpoint = str(tmp_path / "resumed.pt")
+    resumed = _run("train", *settings, "--checkpoint", checkpoint, "--checkpoint-every", "5", cwd=project)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {checkpoint} at epoch 1, step 5" in resumed.stdout
+    rows = [[line.split()[:-1] for line in run.stdout.splitlines() if line.split()[0].isdigit()]
+            for run in (straight, resumed)]  # fmt: skip
+    assert [row[0] for row in rows[0]] == ["1", "2"] and rows[1] == rows[0][1:]  # same epoch 2 but wall_s
+    ends = [torch.load(tmp_path / name, weights_only=True) for name in ("straight.pt", "resumed.pt")]
+    assert ends[0]["history"][1]["steps"] == ends[1]["history"][1]["steps"] == 24
+    for name, weight in ends[0]["model"].items():
+        torch.testing.assert_close(weight, ends[1]["model"][name], rtol=1e-6, atol=1e-7)
+
+
+def test_checkpoint_every_without_a_checkpoint_file_is_one_line(project, capsys):
+    assert main(["train", "dataset=outside.tables:blobs", "--checkpoint-every", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rst-tune: error: --checkpoint-every: takes a number")
 
 
 def test_torchvision_models_by_name_get_the_number_of_classes(tmp_path, monkeypatch):
