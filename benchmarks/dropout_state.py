@@ -8,6 +8,8 @@ torch.cuda.get_rng_state / set_rng_state per CUDA device) against one whole shar
 (p ≡ 1, which includes it) of two small models with dropout, on one fixed batch each. Each round times
 `--steps` steps, each followed by one save + restore timed on its own (with the caches the step left, as
 inside a real step); the ratio is taken within a round and the median over rounds is reported.
+It also times the Trainer's per-step reseed of those generators (`train.step_generators`, seeded every
+step so that a mid-epoch resume draws the same masks), which SGD and sharpness-aware steps both pay.
 
     python benchmarks/dropout_state.py     # CPU, and CUDA when present
 Writes dropout_state_<devices>.txt (what it prints) and .json (every figure) next to itself.
@@ -29,6 +31,7 @@ from torch import nn
 
 from rst_tune.schedules import make_schedule
 from rst_tune.sharpness import RandomizedSAM
+from rst_tune.train import step_generators
 
 
 def mlp() -> nn.Module:
@@ -89,10 +92,11 @@ def measure(model_name: str, device: torch.device, steps: int, rounds: int, warm
     for _ in range(warmup):
         optimizer.step(closure)
     _sync(device)
-    state_s, step_s = [], []
+    generators = step_generators(device)
+    state_s, step_s, seed_s = [], [], []
     for _ in range(rounds):
-        state = step = 0.0
-        for _ in range(steps):
+        state = step = seed = 0.0
+        for index in range(steps):
             start = time.perf_counter()
             optimizer.step(closure)
             _sync(device)
@@ -100,8 +104,13 @@ def measure(model_name: str, device: torch.device, steps: int, rounds: int, warm
             start = time.perf_counter()  # host work only: no sync needed
             optimizer._set_generator_states(optimizer._generator_states())
             state += time.perf_counter() - start
+            start = time.perf_counter()
+            for generator in generators:
+                generator.manual_seed(2**61 + index)
+            seed += time.perf_counter() - start
         state_s.append(state / steps)
         step_s.append(step / steps)
+        seed_s.append(seed / steps)
     assert optimizer.sam_steps == optimizer.steps == total
     return {
         "model": model_name,
@@ -113,6 +122,8 @@ def measure(model_name: str, device: torch.device, steps: int, rounds: int, warm
         "save_restore_us": 1e6 * statistics.median(state_s),
         "sam_step_ms": 1e3 * statistics.median(step_s),
         "ratio": statistics.median(s / t for s, t in zip(state_s, step_s)),
+        "reseed_us": 1e6 * statistics.median(seed_s),
+        "reseed_ratio": statistics.median(s / t for s, t in zip(seed_s, step_s)),
     }
 
 
@@ -143,6 +154,8 @@ def main() -> None:
                 f"  sharpness-aware step       {r['sam_step_ms']:10.3f} ms",
                 f"  generator save + restore   {r['save_restore_us']:10.2f} us",
                 f"  save + restore / step      {100 * r['ratio']:10.3f} % (median of per-round ratios)",
+                f"  per-step reseed            {r['reseed_us']:10.2f} us",
+                f"  reseed / step              {100 * r['reseed_ratio']:10.3f} %",
             ]
     print("\n".join(lines))
     stem = Path(__file__).with_name("dropout_state_" + "_".join(args.devices))

@@ -136,6 +136,17 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 2)
 
 
+def step_generators(device: torch.device) -> list[torch.Generator]:
+    """The generators a training step on `device` draws from (dropout, user augmentation), which the
+    Trainer reseeds every step: the CPU's, and the GPU's own. (Seeding them takes about 1 µs each on
+    the CPU; torch.manual_seed, which also queues every other device's, 180 µs.)"""
+    generators = [torch.default_generator]
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        generators.append(torch.cuda.default_generators[index])
+    return generators
+
+
 def check_ranks(config: TrainConfig, world_size: int, gpus: bool) -> None:
     """Raise ConfigError, naming the key, for what `config` cannot do as a data-parallel run of
     `world_size` ranks (on GPUs when `gpus`)."""
@@ -225,11 +236,7 @@ class Trainer:
             grad_scaler=self.scaler,
         )
         self.data_rng = torch.Generator().manual_seed(config.seed)
-        # reseeded every step (dropout, user augmentation): torch.manual_seed takes 180 µs, these 1 µs
-        self.step_generators = [torch.default_generator]
-        if self.device.type == "cuda":
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            self.step_generators.append(torch.cuda.default_generators[index])
+        self.step_generators = step_generators(self.device)
         self.epoch = 0
         self.step_in_epoch = 0  # steps of the unfinished epoch already trained
         self.wall_s = 0.0
