@@ -8,8 +8,9 @@ torch.cuda.get_rng_state / set_rng_state per CUDA device) against one whole shar
 (p ≡ 1, which includes it) of two small models with dropout, on one fixed batch each. Each round times
 `--steps` steps, each followed by one save + restore timed on its own (with the caches the step left, as
 inside a real step); the ratio is taken within a round and the median over rounds is reported.
-It also times the Trainer's per-step reseed of those generators (`train.step_generators`, seeded every
-step so that a mid-epoch resume draws the same masks), which SGD and sharpness-aware steps both pay.
+It also times the Trainer's per-step reseed of the CPU's and the device's generator (`train.seed_step`,
+so that a run resumed mid-epoch draws the same masks), which SGD and sharpness-aware steps both pay,
+beside `torch.manual_seed`, which it avoids.
 
     python benchmarks/dropout_state.py     # CPU, and CUDA when present
 Writes dropout_state_<devices>.txt (what it prints) and .json (every figure) next to itself.
@@ -31,7 +32,7 @@ from torch import nn
 
 from rst_tune.schedules import make_schedule
 from rst_tune.sharpness import RandomizedSAM
-from rst_tune.train import step_generators
+from rst_tune.train import seed_step
 
 
 def mlp() -> nn.Module:
@@ -92,10 +93,9 @@ def measure(model_name: str, device: torch.device, steps: int, rounds: int, warm
     for _ in range(warmup):
         optimizer.step(closure)
     _sync(device)
-    generators = step_generators(device)
-    state_s, step_s, seed_s = [], [], []
+    state_s, step_s, seed_s, manual_s = [], [], [], []
     for _ in range(rounds):
-        state = step = seed = 0.0
+        state = step = seed = manual = 0.0
         for index in range(steps):
             start = time.perf_counter()
             optimizer.step(closure)
@@ -105,12 +105,15 @@ def measure(model_name: str, device: torch.device, steps: int, rounds: int, warm
             optimizer._set_generator_states(optimizer._generator_states())
             state += time.perf_counter() - start
             start = time.perf_counter()
-            for generator in generators:
-                generator.manual_seed(2**61 + index)
+            seed_step(device, 2**61 + index)
             seed += time.perf_counter() - start
+            start = time.perf_counter()
+            torch.manual_seed(2**61 + index)
+            manual += time.perf_counter() - start
         state_s.append(state / steps)
         step_s.append(step / steps)
         seed_s.append(seed / steps)
+        manual_s.append(manual / steps)
     assert optimizer.sam_steps == optimizer.steps == total
     return {
         "model": model_name,
@@ -124,6 +127,7 @@ def measure(model_name: str, device: torch.device, steps: int, rounds: int, warm
         "ratio": statistics.median(s / t for s, t in zip(state_s, step_s)),
         "reseed_us": 1e6 * statistics.median(seed_s),
         "reseed_ratio": statistics.median(s / t for s, t in zip(seed_s, step_s)),
+        "torch_manual_seed_us": 1e6 * statistics.median(manual_s),
     }
 
 
@@ -156,6 +160,7 @@ def main() -> None:
                 f"  save + restore / step      {100 * r['ratio']:10.3f} % (median of per-round ratios)",
                 f"  per-step reseed            {r['reseed_us']:10.2f} us",
                 f"  reseed / step              {100 * r['reseed_ratio']:10.3f} %",
+                f"  torch.manual_seed          {r['torch_manual_seed_us']:10.2f} us",
             ]
     print("\n".join(lines))
     stem = Path(__file__).with_name("dropout_state_" + "_".join(args.devices))

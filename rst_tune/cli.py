@@ -118,9 +118,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         + (f", G-RST weight {config.grst_weight}" if config.grst_weight is not None else "")
     )
     tqdm.write(format_row(None))
-    for metrics in trainer.fit(
-        progress=not args.quiet, every=args.checkpoint_every or 0, on_steps=lambda t: t.save(args.checkpoint)
-    ):
+    save = (lambda t: t.save(args.checkpoint)) if args.checkpoint_every else None
+    for metrics in trainer.fit(progress=not args.quiet, every=args.checkpoint_every or 0, on_steps=save):
         tqdm.write(format_row(metrics))
         if args.checkpoint:
             trainer.save(args.checkpoint)

@@ -130,21 +130,22 @@ def resolve_device(name: str) -> torch.device:
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of torch's generators (dropout, user augmentation) at one rank's epoch start; step k
-    of the epoch draws from `epoch_seed + k`. Resuming at any step needs no saved generator state,
-    with any number of ranks."""
+    """The seed of the random ops in one rank's forward and backward passes (dropout, stochastic depth)
+    at its epoch's start; step k of the epoch is seeded with `epoch_seed + k` (below 2**62: room for
+    k). Resuming at any step needs no saved generator state, with any number of ranks."""
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 2)
 
 
-def step_generators(device: torch.device) -> list[torch.Generator]:
-    """The generators a training step on `device` draws from (dropout, user augmentation), which the
-    Trainer reseeds every step: the CPU's, and the GPU's own. (Seeding them takes about 1 µs each on
-    the CPU; torch.manual_seed, which also queues every other device's, 180 µs.)"""
-    generators = [torch.default_generator]
+def seed_step(device: torch.device, seed: int) -> None:
+    """Seed the generators a training step on `device` draws from: the CPU's and the device's own.
+    4–6 µs a step on the 2-core CPU VM; torch.manual_seed, which also seeds (or, before CUDA starts,
+    queues with a stack trace) every other device's, 300–400 µs (benchmarks/dropout_state.py)."""
+    torch.default_generator.manual_seed(seed)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        generators.append(torch.cuda.default_generators[index])
-    return generators
+        torch.cuda.default_generators[index].manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
 
 
 def check_ranks(config: TrainConfig, world_size: int, gpus: bool) -> None:
@@ -181,6 +182,7 @@ class Trainer:
         if self.device.type == "cuda":
             # batches have one shape: let cuDNN time and keep its fastest kernels
             torch.backends.cudnn.benchmark = True
+            torch.cuda.init()  # its generators exist from here on (seed_step)
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         if data is None:
             data = load_data(config)
@@ -236,7 +238,6 @@ class Trainer:
             grad_scaler=self.scaler,
         )
         self.data_rng = torch.Generator().manual_seed(config.seed)
-        self.step_generators = step_generators(self.device)
         self.epoch = 0
         self.step_in_epoch = 0  # steps of the unfinished epoch already trained
         self.wall_s = 0.0
@@ -316,8 +317,7 @@ class Trainer:
                 unit="step",
             )
         for images, labels in batches:
-            for generator in self.step_generators:
-                generator.manual_seed(seed + self.step_in_epoch)
+            seed_step(self.device, seed + self.step_in_epoch)
             loss, right = self.train_step(images, labels)
             self.epoch_sums[0].add_(loss)
             self.epoch_sums[1].add_(right)
@@ -328,9 +328,9 @@ class Trainer:
                 and self.step_in_epoch % every == 0
                 and self.step_in_epoch < self.steps_per_epoch
             ):
-                now = time.perf_counter()
-                self.wall_s, start = self.wall_s + now - start, now
+                self.wall_s += time.perf_counter() - start  # the checkpoint's writing is not training
                 on_steps(self)
+                start = time.perf_counter()
         val_loss, val_accuracy = self.evaluate("val")
         self.epoch += 1
         test = self.config.test_every_epoch or self.epoch == self.config.epochs
@@ -407,18 +407,20 @@ class Trainer:
         written = {key: value for key, value in state["config"].items() if key not in EXECUTION_KEYS}
         if written != self.config.model_dump(exclude=set(EXECUTION_KEYS)):
             raise ConfigError("checkpoint was written by a run with a different config")
-        try:
-            self.epoch, self.step_in_epoch, self.wall_s = (
-                state["epoch"],
-                state["step_in_epoch"],
-                state["wall_s"],
+        step_in_epoch = state.get("step_in_epoch", 0)  # absent: written at an epoch's end
+        if step_in_epoch and self.world_size > 1:
+            raise ConfigError(
+                f"checkpoint was written at step {step_in_epoch} of an epoch by one process; "
+                f"{self.world_size} ranks resume only from an epoch's end"
             )
-            self.history = [EpochMetrics.from_mapping(metrics) for metrics in state["history"]]
-            epoch_sums = state["epoch_sums"]
+        try:
+            history = [EpochMetrics.from_mapping(metrics) for metrics in state["history"]]
         except KeyError as missing:
             raise ConfigError(
-                f"checkpoint was written by an older rst-tune (no {missing}); start again"
+                f"checkpoint was written by an older rst-tune (no {missing} metric); start again"
             ) from None
+        self.epoch, self.step_in_epoch = state["epoch"], step_in_epoch
+        self.wall_s, self.history = state["wall_s"], history
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler:
@@ -426,8 +428,9 @@ class Trainer:
         if self.scaler:
             self.scaler.load_state_dict(state["scaler"])
         self.data_rng.set_state(state["data_rng"])
-        self.epoch_data_state = self.data_rng.get_state()
-        self.epoch_sums = tuple(total.to(self.device) for total in epoch_sums)
+        self._start_epoch()
+        if "epoch_sums" in state:
+            self.epoch_sums = tuple(total.to(self.device) for total in state["epoch_sums"])
 
     def save(self, path: str | Path) -> None:
         """Write a checkpoint atomically (a crash mid-write leaves the previous one intact). Every rank

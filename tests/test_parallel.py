@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
-from conftest import rst_tune_process
+from conftest import Crash, crash_after_saving, rst_tune_process
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.func import functional_call
@@ -307,22 +307,27 @@ def test_two_ranks_train_as_one_and_resume_with_one(tmp_path, user_models):
     assert history0[-1]["propagations"] == expected[-1]["propagations"]
 
 
-def _refusals(rank, world_size):
+def _refusals(rank, world_size, mid_epoch):
     refused = []
-    for changes in ({"batch_size": 63}, {"sync_bn": True}):
+    for start in (lambda: Trainer(_config(batch_size=63)), lambda: Trainer(_config(sync_bn=True)),
+                  lambda: Trainer(_config()).load(mid_epoch)):  # fmt: skip
         try:
-            Trainer(_config(**changes))
+            start()
         except ConfigError as err:
             refused.append(str(err))
     return refused
 
 
 def test_what_cannot_run_on_the_ranks_names_the_key(tmp_path, user_models):
+    with pytest.raises(Crash):
+        list(Trainer(_config()).fit(every=4, on_steps=crash_after_saving(tmp_path / "mid.pt", 0, 4)))
     expected = [
         "batch_size: 63 does not divide among 2 workers",
         "sync_bn: SyncBatchNorm runs on GPUs only (torch has no CPU form)",
+        "checkpoint was written at step 4 of an epoch by one process; 2 ranks resume only from an "
+        "epoch's end",
     ]
-    assert on_ranks(_refusals, 2, tmp_path) == [expected] * 2
+    assert on_ranks(_refusals, 2, tmp_path, tmp_path / "mid.pt") == [expected] * 2
 
 
 # ---------- on Ray Train ----------

@@ -187,26 +187,34 @@ def test_a_streamed_dropout_run_resumes_mid_epoch_to_the_same_weights(project, t
     list(straight.fit())
     first = Trainer(config)
     with pytest.raises(Crash):
-        list(first.fit(every=4, on_steps=crash_after_saving(tmp_path / "ckpt.pt", 0, 8)))
+        list(first.fit(every=4, on_steps=crash_after_saving(tmp_path / "ckpt.pt", 1, 4)))
     resumed = Trainer(config.model_copy(update={"loader_workers": 0}))  # another worker count
     resumed.load(tmp_path / "ckpt.pt")
-    assert (resumed.epoch, resumed.step_in_epoch) == (0, 8) and resumed.steps_per_epoch == 12
+    assert (resumed.epoch, resumed.step_in_epoch) == (1, 4) and resumed.steps_per_epoch == 12
     list(resumed.fit())
     assert straight.optimizer.sam_steps == resumed.optimizer.sam_steps > 0
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)  # the same batches, and the same dropout masks after the resume
-    assert straight.history[0].train_loss == resumed.history[0].train_loss
+    assert straight.history[1].train_loss == resumed.history[1].train_loss
 
 
-def test_rst_tune_train_resumes_a_mid_epoch_checkpoint(project, tmp_path):
+def test_rst_tune_train_writes_and_resumes_a_mid_epoch_checkpoint(project, tmp_path, monkeypatch):
     settings = ["dataset=outside.tables:blobs", "model=outside.nets:mlp", "model_params.dropout=0.5",
                 "epochs=2", "batch_size=50", "--quiet"]  # fmt: skip
     straight = _run("train", *settings, "--checkpoint", str(tmp_path / "straight.pt"), cwd=project)
     assert straight.returncode == 0, straight.stderr
-    config = load_config({k: v for k, v in STREAMED_DROPOUT.items() if k != "dataset_params"})
+    checkpoint, saved, save = str(tmp_path / "resumed.pt"), [], Trainer.save
+
+    def save_then_crash(trainer, path):
+        save(trainer, path)
+        saved.append((trainer.epoch, trainer.step_in_epoch))
+        if saved[-1] == (1, 5):
+            raise Crash
+
+    monkeypatch.setattr(Trainer, "save", save_then_crash)
     with pytest.raises(Crash):
-        list(Trainer(config).fit(every=5, on_steps=crash_after_saving(tmp_path / "resumed.pt", 1, 5)))
-    checkpoint = str(tmp_path / "resumed.pt")
+        main(["train", *settings, "--checkpoint", checkpoint, "--checkpoint-every", "5"])
+    assert saved == [(0, 5), (0, 10), (1, 0), (1, 5)]  # 12 steps an epoch: every 5, and at its end
     resumed = _run("train", *settings, "--checkpoint", checkpoint, "--checkpoint-every", "5", cwd=project)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {checkpoint} at epoch 1, step 5" in resumed.stdout
