@@ -239,7 +239,6 @@ class Trainer:
         )
         self.data_rng = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
-        self.step_in_epoch = 0  # steps of the unfinished epoch already trained
         self.wall_s = 0.0
         self.history: list[EpochMetrics] = []
         self._start_epoch()
@@ -282,6 +281,11 @@ class Trainer:
         return loss.detach(), (first_logits[0].argmax(1) == labels).sum()
 
     @property
+    def step_in_epoch(self) -> int:
+        """The steps of the unfinished epoch already trained (the optimizer counts every step)."""
+        return self.optimizer.steps - self.epoch * self.steps_per_epoch
+
+    @property
     def is_main(self) -> bool:
         """Whether this process reports and writes checkpoints: rank 0, or the only one."""
         return self.rank == 0
@@ -321,7 +325,6 @@ class Trainer:
             loss, right = self.train_step(images, labels)
             self.epoch_sums[0].add_(loss)
             self.epoch_sums[1].add_(right)
-            self.step_in_epoch += 1
             if (
                 every
                 and on_steps
@@ -336,7 +339,6 @@ class Trainer:
         test = self.config.test_every_epoch or self.epoch == self.config.epochs
         test_loss, test_accuracy = self.evaluate("test") if test and self.data.size("test") else (None, None)
         train_loss, train_correct = self._summed(*self.epoch_sums)
-        self.step_in_epoch = 0
         self._start_epoch()
         self.wall_s += time.perf_counter() - start
         opt = self.optimizer
@@ -392,7 +394,6 @@ class Trainer:
         return {
             "config": self.config.model_dump(),
             "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
             "epoch_sums": [total.cpu() for total in self.epoch_sums],
             "wall_s": self.wall_s,
             "history": [dict(metrics) for metrics in self.history],
@@ -407,7 +408,7 @@ class Trainer:
         written = {key: value for key, value in state["config"].items() if key not in EXECUTION_KEYS}
         if written != self.config.model_dump(exclude=set(EXECUTION_KEYS)):
             raise ConfigError("checkpoint was written by a run with a different config")
-        step_in_epoch = state.get("step_in_epoch", 0)  # absent: written at an epoch's end
+        step_in_epoch = state["optimizer"]["steps"] - state["epoch"] * self.steps_per_epoch
         if step_in_epoch and self.world_size > 1:
             raise ConfigError(
                 f"checkpoint was written at step {step_in_epoch} of an epoch by one process; "
@@ -419,8 +420,7 @@ class Trainer:
             raise ConfigError(
                 f"checkpoint was written by an older rst-tune (no {missing} metric); start again"
             ) from None
-        self.epoch, self.step_in_epoch = state["epoch"], step_in_epoch
-        self.wall_s, self.history = state["wall_s"], history
+        self.epoch, self.wall_s, self.history = state["epoch"], state["wall_s"], history
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler:
