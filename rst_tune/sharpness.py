@@ -9,7 +9,8 @@ gradient-norm regularisation of degree p·α: λ_G wherever p ≥ λ_G / alpha_m
 below that, and none where p = 0. `degree_sum` adds up p·α over the steps taken.
 Both passes of a sharpness-aware step draw the same random numbers (dropout masks), so g2 − g1 measures
 sharpness, not dropout noise. No value is read back from the device inside a step, except by an fp16
-`grad_scaler`, whose step reads its overflow check.
+`grad_scaler`, whose step reads its overflow check. A step taken inside the caller's `torch.autocast`
+is correct: autocast's cached low-precision weights are dropped whenever θ changes in place.
 
 Data-parallel form (`model` a DistributedDataParallel): every rank draws the same coin (seed and step
 only) and each step all-reduces the gradient once. An SGD step reduces its one pass, as DDP does. A
@@ -31,8 +32,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-# the CPU generator's state and each CUDA device's, by device
+# the CPU generator's state and that of each accelerator holding parameters, by device
 _GeneratorStates = tuple[torch.Tensor, dict[torch.device, torch.Tensor]]
+# device type -> (read its generator's state, set it), for the accelerators whose generators dropout uses
+_DEVICE_GENERATORS: dict[str, tuple[Callable, Callable]] = {
+    "cuda": (torch.cuda.get_rng_state, torch.cuda.set_rng_state),
+    "mps": (lambda device: torch.mps.get_rng_state(), lambda state, device: torch.mps.set_rng_state(state)),
+}
 
 
 class RandomizedSAM(torch.optim.Optimizer):
@@ -45,11 +51,14 @@ class RandomizedSAM(torch.optim.Optimizer):
 
     Clipping applies to the mixed gradient (1 − α)·g1 + α·g2 as a whole. Weight decay belongs to the
     base optimizer, which adds it after clipping: it neither enters the perturbation nor is clipped.
-    A sharpness-aware step saves the state of the CPU generator and of the CUDA generator of each
+    A sharpness-aware step saves the state of the CPU generator and of the generator of each CUDA or MPS
     device holding parameters before the clean pass and sets it back before the perturbed pass, so
     both passes draw the same dropout masks; afterwards the generators stand where the clean pass left
     them, so an SGD step and a sharpness-aware step consume the same randomness. The states are read
     on the host (the CUDA one is a seed and an offset): no device synchronisation.
+    Under a caller's `torch.autocast`, which caches a low-precision copy of each weight for as long as
+    its region lasts, the cache is cleared after the perturbation and after the update, so the
+    perturbed pass runs at θ + e and whatever follows the step at the new θ.
     With `model` a DistributedDataParallel module (the data-parallel form), the closure must run that
     module and must not zero the gradients: the perturbed pass accumulates onto the clean one's.
     """
@@ -129,6 +138,7 @@ class RandomizedSAM(torch.optim.Optimizer):
             self.sam_steps += 1
             self._sharpness_aware_gradient(closure, self.alpha(p), generators)
         self._update()
+        torch.clear_autocast_cache()  # autocast's cached copies hold θ + e or the θ before the update
         return loss
 
     def _check_coin(self) -> None:
@@ -148,16 +158,17 @@ class RandomizedSAM(torch.optim.Optimizer):
         return 1.0 if self.grst_weight is None else min(self.grst_weight / p, self.alpha_max)
 
     def _generator_states(self) -> _GeneratorStates:
-        """The CPU generator's state and that of each CUDA device holding parameters (host copies)."""
-        devices = {p.device for p in self._params() if p.is_cuda}
-        return torch.get_rng_state(), {d: torch.cuda.get_rng_state(d) for d in devices}
+        """The CPU generator's state and that of each CUDA or MPS device holding parameters (host
+        copies)."""
+        devices = {p.device for p in self._params() if p.device.type in _DEVICE_GENERATORS}
+        return torch.get_rng_state(), {d: _DEVICE_GENERATORS[d.type][0](d) for d in devices}
 
     @staticmethod
     def _set_generator_states(states: _GeneratorStates) -> None:
-        cpu, cuda = states
+        cpu, devices = states
         torch.set_rng_state(cpu)
-        for device, state in cuda.items():
-            torch.cuda.set_rng_state(state, device)
+        for device, state in devices.items():
+            _DEVICE_GENERATORS[device.type][1](state, device)
 
     def _sharpness_aware_gradient(
         self,
@@ -186,6 +197,7 @@ class RandomizedSAM(torch.optim.Optimizer):
             for t in e:
                 t.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         torch._foreach_add_(params, e)
+        torch.clear_autocast_cache()  # a caller's autocast region would run the pass at θ's old copy
         self._set_generator_states(generators)
         if self._ddp is not None and alpha != 1.0:  # DDP reduces ((1 − α)/α)·g1 + g2 once
             torch._foreach_mul_(g1, (1.0 - alpha) / alpha)

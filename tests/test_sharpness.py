@@ -89,6 +89,58 @@ def test_grst_outcome_matches_closed_form(p, weight, alpha_max, alpha):
     np.testing.assert_allclose(after, before - 0.1 * ((1 - alpha) * g1 + alpha * g2), rtol=0, atol=1e-14)
 
 
+# ---------- inside the caller's autocast: a linear model, float32 weights, float64 reference ----------
+
+X_LS = np.array([[1.0, -0.5, 2.0], [0.3, 1.5, -1.0], [-1.2, 0.8, 0.5], [2.0, 0.1, -0.7]])
+Y_LS = np.array([[0.5, -1.0], [1.0, 0.2], [-0.3, 0.8], [0.7, -0.4]])
+W_LS = np.array([[0.4, -0.9, 0.3], [1.1, 0.2, -0.6]])
+
+
+def ls_grad(w):
+    """∇ of L(W) = ½·mean over rows of ‖W·x − y‖², in float64."""
+    return (X_LS @ w.T - Y_LS).T @ X_LS / len(X_LS)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"rho": 0.5}, {"rho": 0.5, "grst_weight": 1.5}, {"rho": 2.0, "adaptive": True}],
+    ids=["sam", "grst", "asam"],
+)
+def test_a_step_inside_the_callers_bf16_autocast_is_sharpness_aware(kwargs):
+    """autocast caches a bf16 copy of each weight for its whole region: the perturbed pass must not
+    run at the cached θ (which would make the step SGD)."""
+    lin = nn.Linear(3, 2, bias=False, dtype=torch.float32)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(W_LS))
+    x, y = torch.tensor(X_LS, dtype=torch.float32), torch.tensor(Y_LS, dtype=torch.float32)
+    opt = RandomizedSAM(
+        torch.optim.SGD(lin.parameters(), lr=0.5), make_schedule("constant", p=1.0), 5, **kwargs
+    )
+
+    def closure():
+        loss = 0.5 * ((lin(x).float() - y) ** 2).sum(1).mean()
+        loss.backward()
+        return loss
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        opt.step(closure)
+        after_step = lin(x).detach().float()  # a forward after the step, still in the region
+    g1 = ls_grad(W_LS)
+    if kwargs.get("adaptive"):
+        e = kwargs["rho"] * W_LS**2 * g1 / np.linalg.norm(np.abs(W_LS) * g1)
+    else:
+        e = kwargs["rho"] * g1 / np.linalg.norm(g1)
+    alpha = kwargs.get("grst_weight", 1.0)
+    sam = W_LS - 0.5 * ((1 - alpha) * g1 + alpha * ls_grad(W_LS + e))
+    sgd_w = W_LS - 0.5 * g1
+    stepped = lin.weight.detach().double().numpy()
+    tolerance = 0.5 * np.linalg.norm(g1) * 2**-6  # bf16 carries 8 bits; a few roundings per gradient
+    assert np.linalg.norm(sam - sgd_w) > 10 * tolerance
+    assert np.linalg.norm(stepped - sam) < tolerance
+    expected_logits = X_LS @ stepped.T
+    assert np.abs(after_step.double().numpy() - expected_logits).max() < 2**-6 * np.abs(expected_logits).max()
+
+
 def test_perturbation_has_norm_rho_and_restore_is_exact():
     rho = 0.37
     w = nn.Parameter(torch.tensor(W0))
@@ -388,11 +440,19 @@ class MaskRecorder(nn.Module):
         return self.linear(x * mask)
 
 
-def test_both_passes_of_a_sharpness_aware_step_draw_the_same_dropout_mask():
-    model = MaskRecorder()
+ACCELERATORS = [
+    pytest.param(name, marks=pytest.mark.skipif(not available(), reason=f"needs {name}"))
+    for name, available in (("cuda", torch.cuda.is_available), ("mps", torch.backends.mps.is_available))
+]
+
+
+@pytest.mark.parametrize("device", ["cpu", *ACCELERATORS])
+def test_both_passes_of_a_sharpness_aware_step_draw_the_same_dropout_mask(device):
+    """On the device's own generator too (dropout on CUDA and MPS draws from it, not the CPU's)."""
+    model = MaskRecorder().to(device, torch.float32)  # MPS has no float64
     opt = RandomizedSAM(sgd(model), make_schedule("constant", p=1.0), 5, model=model)
     for x, y in batches(2):
-        opt.step(closure_for(model, x, y))
+        opt.step(closure_for(model, x.to(device, torch.float32), y.to(device)))
     first, perturbed, second, _ = model.masks
     assert (first == 0).any() and (first == 2).any()
     assert torch.equal(first, perturbed)
