@@ -26,8 +26,17 @@ def load(kind: str, path: Path, overrides: dict[str, Any]) -> tuple[dict[str, An
     return _LOAD[kind](path, overrides)
 
 
-BUILD_KEYS = {"dataset", "dataset_params", "data_dir", "download", "val_size", "model", "model_params"}
-"""The training settings that decide whether a run's data loads and its model builds."""
+BUILD_KEYS = {
+    "dataset",
+    "dataset_params",
+    "data_dir",
+    "download",
+    "val_size",
+    "model",
+    "model_params",
+    "channels_last",
+}
+"""The training settings that decide whether a run's data loads and its model builds and runs on it."""
 
 
 def preflight(spec: RunSettings) -> None:

@@ -463,14 +463,20 @@ def load_data(config: TrainConfig) -> Splits:
 
 def make_model(config: TrainConfig, data: Splits) -> torch.nn.Module:
     """The model `config` names, for `data`'s inputs and classes, checked by running two training
-    inputs through it on the CPU: ConfigError naming the key when it cannot be built or its output
-    is not one logit per class."""
+    inputs through it on the CPU: ConfigError naming the key when it cannot be built, its output
+    is not one logit per class, or `channels_last` is asked of inputs that are not images."""
     key = "model" if ":" in config.model else "model_params"  # user or torchvision code: its own key
     try:
         model = build_model(config.model, data.num_classes, data.shape, **config.model_params)
     except ValueError as err:
         raise ConfigError(str(err), key=key) from None
     inputs = data.probe(min(2, data.size("train")))
+    if config.channels_last and inputs.dim() != 4:
+        raise ConfigError(
+            f"is a layout of image batches (N, C, H, W); {config.dataset} gives inputs of shape "
+            f"{tuple(inputs.shape)}: leave it false",
+            key="channels_last",
+        )
     was_training = model.training
     model.eval()
     try:

@@ -61,6 +61,10 @@ def test_train_prints_a_table_and_resumes_from_its_checkpoint(tmp_path):
         (["epochs"], "'epochs': expected key=value"),
         (["--config", "/nonexistent.yaml"], "/nonexistent.yaml: No such file or directory"),
         (["dataset=cifar10", "model=resnet18", "data_dir=/nonexistent"], "cifar10 not found"),
+        (
+            ["dataset=mnist1d", "model=mnist1d_cnn", "channels_last=true"],
+            "channels_last: is a layout of image",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message):

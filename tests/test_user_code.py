@@ -346,6 +346,15 @@ BLOBS = "dataset=outside.tables:blobs"
         (["model=torchvision:resnet9000"], "train.model: torchvision has no classification model"),
         (["dataset=imagefolder", "data_dir=/nonexistent"], "/nonexistent has no train/ or val/ folder"),
         ([BLOBS, "val_size=10"], "val_size: does not apply: outside.tables:blobs brings its own"),
+        (
+            [BLOBS, "channels_last=true"],
+            "train.channels_last: is a layout of image batches (N, C, H, W); "
+            "outside.tables:blobs gives inputs of shape (2, 6)",
+        ),
+        (
+            ["dataset=mnist1d", "model=mnist1d_cnn", "channels_last=true"],
+            "mnist1d gives inputs of shape (2, 1, 40)",
+        ),
     ],
 )
 def test_each_bad_input_is_one_line_exit_2_and_nothing_started(project, tmp_path, capsys, settings, message):
