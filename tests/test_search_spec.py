@@ -80,6 +80,10 @@ def _error(values, tmp_path=None) -> str:
         ({"sampler": {"name": "cmaes"}}, "sampler.name: Input should be 'tpe', 'nsga2', 'gp' or 'random'"),
         ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than or equal to 1"),
         ({"train": {"learning_rate": 0.1}}, "train.learning_rate: unknown key"),
+        (
+            {"train": {"device": "cuda"}},
+            "train.device: trains on the GPUs Ray assigns a trial: set resources.gpu",
+        ),
         ({"space": {"rh0": {"low": 0.01, "high": 0.1}}}, "space.rh0: unknown key"),
         ({"space": {"rho": {"low": 0.5, "high": 0.1}}}, "space.rho: low (0.5) must be below high (0.1)"),
         ({"space": {"rho": {"low": 0.0, "high": 0.1, "log": True}}}, "space.rho: log scale needs low > 0"),

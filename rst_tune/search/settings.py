@@ -38,6 +38,11 @@ class Resources(Strict):
 
     def check(self, config: TrainConfig, key: tuple[str, ...] = ("train",)) -> None:
         """Raise ConfigError, naming the key under `key`, for what `config` cannot do on these workers."""
+        if config.device.startswith("cuda") and not self.gpu:
+            problem = ConfigError(
+                "trains on the GPUs Ray assigns a trial: set resources.gpu > 0", key="device"
+            )
+            raise problem.within(*key)
         if self.workers > 1:
             try:
                 check_ranks(config, self.workers, gpus=self.gpu > 0)

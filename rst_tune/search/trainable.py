@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray.tune
+import torch
 
+from rst_tune.config import ConfigError
 from rst_tune.search.record import TrialRecord
 from rst_tune.train import EpochMetrics, Trainer
 
@@ -29,7 +33,7 @@ def train_trial(config: dict[str, Any]) -> None:
     `failure` reason, then raised, so the trial ends FAILED with that reason."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per checkpoint
     record = TrialRecord.from_config(config)
-    trainer = Trainer(record.train, devices=held_devices())
+    trainer = Trainer(record.train, devices=held_devices(), device=trial_device(record.train.device))
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -53,6 +57,29 @@ def divergence(trainer: Trainer, metrics: EpochMetrics) -> str | None:
     if diverged:
         return f"diverged: {diverged[0]} is {metrics[diverged[0]]} at epoch {metrics.epoch}"
     return None
+
+
+def trial_device(requested: str) -> torch.device:
+    """The device this trial trains on, given the GPUs Ray assigned it (`device_for`)."""
+    gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    return device_for(requested, gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def device_for(requested: str, gpu_ids: Sequence[str], visible: str | None) -> torch.device:
+    """The device of a Ray worker assigned `gpu_ids` whose config asks for `requested`: "auto" and
+    "cuda" mean its first GPU (numbered as in `visible`, the CUDA_VISIBLE_DEVICES Ray set), "auto"
+    without a GPU the CPU. Ray 2.60 no longer hides GPUs from workers that hold none, so what torch
+    sees is not what the trial holds."""
+    kind = requested.split(":")[0]
+    if kind in ("cpu", "mps"):
+        return torch.device(requested)
+    if not gpu_ids:
+        if kind == "cuda":
+            raise ConfigError("cuda, but Ray assigned this trial no GPU: set resources.gpu", key="device")
+        return torch.device("cpu")
+    numbering = visible.split(",") if visible else []
+    first = str(gpu_ids[0])
+    return torch.device("cuda", numbering.index(first) if first in numbering else int(first))
 
 
 def held_devices() -> float:
