@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -209,19 +210,28 @@ class Trainer:
         # evaluation runs the module itself: no DDP collectives, which a rank with no items would miss
         self.evaluate_forward = compiled(self.model) if distributed else self.forward
 
+        fp16 = config.precision == "fp16"
+        if fp16 and self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            warnings.warn(
+                f"precision fp16 on {torch.cuda.get_device_name(self.device)}, which has bf16: bf16 needs "
+                "no loss scaling, so no overflow check and no host synchronisation each step",
+                stacklevel=2,
+            )
         base = torch.optim.SGD(
             self.model.parameters(),
             lr=config.lr,
             momentum=config.momentum,
             nesterov=config.nesterov,
             weight_decay=config.weight_decay,
+            # one kernel for the whole update; not beside a GradScaler, whose skipped steps fused SGD's
+            # momentum mishandles (reported in LibreYOLO/libreyolo#771)
+            fused=self.device.type == "cuda" and not fp16,
         )
         self.lr_scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=total_steps)
             if config.lr_schedule == "cosine"
             else None
         )
-        fp16 = config.precision == "fp16"
         self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
         self.optimizer = RandomizedSAM(

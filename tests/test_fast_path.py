@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import pytest
 import torch
 from torch._dynamo.eval_frame import OptimizedModule
@@ -59,6 +62,7 @@ def test_training_steps_never_synchronise_the_host(kind, precision):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     sam_steps = trainer.optimizer.sam_steps - sam_before
+    assert trainer.optimizer.base_optimizer.defaults["fused"]  # no GradScaler: one fused kernel a step
     assert trainer.optimizer.steps - steps_before == 12
     assert sam_steps == {"sgd": 0, "sam": 12, "asam": 12, "sam-dropout": 12}.get(kind, sam_steps)
     if kind == "grst":
@@ -66,8 +70,47 @@ def test_training_steps_never_synchronise_the_host(kind, precision):
     assert torch.isfinite(loss_sum).item() and 0 <= correct.item() <= 12 * config.batch_size
 
 
-def test_compiled_model_does_not_recompile_across_sgd_and_sharpness_aware_steps():
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine)")
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_an_fp16_step_synchronises_once_and_its_sgd_is_not_fused(p):
+    """The GradScaler reads its overflow check once a step; fused SGD would mishandle skipped steps."""
+    config = {"dataset": "synthetic", "model": "resnet18", "batch_size": 128, "epochs": 1, "device": "cuda"}
+    with (
+        pytest.warns(UserWarning, match="bf16 needs no loss scaling")
+        if torch.cuda.is_bf16_supported()
+        else contextlib.nullcontext()
+    ):
+        trainer = Trainer(
+            load_config({**config, "precision": "fp16", "schedule": {"name": "constant", "params": {"p": p}}})
+        )
+    assert not trainer.optimizer.base_optimizer.defaults["fused"]
+    trainer.model.train()
+    batches = trainer.data.train_batches(config["batch_size"], trainer.data_rng)
+    for _ in range(3):
+        trainer.train_step(*next(batches))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(4):
+                trainer.train_step(*next(batches))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 4, [str(w.message) for w in syncs]
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+    ],
+)
+def test_compiled_model_does_not_recompile_across_sgd_and_sharpness_aware_steps(device):
     settings = {
+        "device": device,
         "epochs": 3,  # the checked epoch is not the last: the last evaluates the test part, a new shape
         "schedule": {"name": "constant", "params": {"p": 0.5}},
         "grst_weight": 0.3,
@@ -88,9 +131,9 @@ def test_compiled_model_does_not_recompile_across_sgd_and_sharpness_aware_steps(
     assert counters["stats"]["unique_graphs"] == graphs
     for eager_metrics, compiled_metrics in zip(eager_history, compiled.history):
         assert compiled_metrics["propagations"] == eager_metrics["propagations"]
-        # inductor's kernels round differently and training amplifies it: on a 2-core AMD EPYC VM the mean
-        # losses of epochs 1 and 2 differed by 1.3e-4 and 1.1e-3 (relative; seed 2: 1.4e-5, 2.6e-4),
-        # the same before issue 12's changes
+        # inductor's kernels round differently and training amplifies it: on the CPU of a 2-core AMD EPYC VM
+        # the mean losses of epochs 1 and 2 differed by 1.3e-4 and 1.1e-3 (relative; seed 2: 1.4e-5,
+        # 2.6e-4), the same before issue 12's changes. On CUDA these tolerances are not measured yet.
         assert compiled_metrics["train_loss"] == pytest.approx(eager_metrics["train_loss"], rel=1e-2)
         assert compiled_metrics["val_accuracy"] == pytest.approx(
             eager_metrics["val_accuracy"], abs=1 / 288

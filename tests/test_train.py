@@ -20,7 +20,7 @@ FAST = {
 
 
 def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
-    config = load_config(FAST)
+    config = load_config(FAST | {"device": "cpu"})  # bit for bit: cuDNN's benchmark mode does not promise it
     straight = Trainer(config)
     list(straight.fit())
 
@@ -46,7 +46,7 @@ def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
 
 
 def test_a_mid_epoch_checkpoint_resumes_at_its_step_bit_for_bit(tmp_path):
-    config = load_config(FAST)
+    config = load_config(FAST | {"device": "cpu"})  # bit for bit: cuDNN's benchmark mode does not promise it
     straight = Trainer(config)
     list(straight.fit())
     assert straight.steps_per_epoch == 8  # 1,150 digits / 128: the checkpoint below is mid-epoch
@@ -76,7 +76,7 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
 
 
 def test_epoch_metrics_are_consistent():
-    config = load_config(FAST | {"epochs": 2})
+    config = load_config(FAST | {"epochs": 2, "device": "cpu"})  # two runs, two evaluations: exactly equal
     trainer = Trainer(config, devices=0.5)
     history = list(trainer.fit())
     assert history == trainer.history and len(history) == 2
