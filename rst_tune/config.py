@@ -106,8 +106,9 @@ class TrainConfig(BaseModel):
 
     seed: int = 0
     device: str = "auto"
+    # bf16 on GPUs that have it; fp16 scales the loss (GradScaler: one host synchronisation a step)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
+    channels_last: bool = False  # image batches (N, C, H, W) only
     compile: bool = False
     sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch, not per rank
 
