@@ -1,10 +1,12 @@
 """Per-step cost of RandomizedSAM against a plain torch SGD step, measured side by side.
 
-For each model and device, five optimizers train identical copies of the model on one fixed batch:
-plain `torch.optim.SGD`, and RandomizedSAM with p ≡ 0, p ≡ 0.5, p ≡ 1 and G-RST (p ≡ 0.5,
-weight 0.25). Each round times `--steps` steps of every variant in a shuffled order, so drift of a
-shared machine hits all of them alike; ratios are taken within a round and the median over rounds is
-reported. The ideal ratio of a variant is 1 + (its realised SAM fraction in that round).
+For each model and device, five steppers train identical copies of the model on one fixed batch:
+a plain `torch.optim.SGD` loop, and the engine's own step (`Trainer.train_step`) with p ≡ 0, p ≡ 0.5,
+p ≡ 1 and G-RST (p ≡ 0.5, weight 0.25). Both run the engine's device setup: on CUDA bf16 autocast,
+channels_last inputs, cuDNN's benchmark mode and fused SGD (the plain loop copies the engine's SGD
+settings); on the CPU fp32. Each round times `--steps` steps of every variant in a shuffled order, so
+drift of a shared machine hits all of them alike; ratios are taken within a round and the median
+over rounds is reported. The ideal ratio of a variant is 1 + (its realised SAM fraction in that round).
 
     python benchmarks/step_cost.py                      # CPU, and CUDA when present
     python benchmarks/step_cost.py --json out.json      # also write every figure as JSON
@@ -25,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from _machine import write_results
 
-from rst_tune.models import build_model
-from rst_tune.schedules import make_schedule
-from rst_tune.sharpness import RandomizedSAM
+from rst_tune.config import load_config
+from rst_tune.data import load_dataset, synthetic
+from rst_tune.train import Trainer
 
-# name -> (model name, build kwargs, input shape without batch, default batch size)
+# name -> (the training settings of its data and model, default batch size on the CPU)
 MODELS = {
-    "digits_cnn": ("digits_cnn", {"num_classes": 10, "input_shape": (1, 8, 8)}, (1, 8, 8), 64),
-    "resnet18": ("resnet18", {"num_classes": 10}, (3, 32, 32), 32),
+    "digits_cnn": ({"dataset": "digits", "model": "digits_cnn"}, 64),
+    "resnet18": ({"dataset": "synthetic", "model": "resnet18"}, 32),
 }
 # variant -> (p, grst_weight); None for p marks plain torch SGD
 VARIANTS = {
@@ -49,58 +51,75 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _stepper(model: torch.nn.Module, variant: str, total_steps: int):
-    """A function running one training step of `variant`; returns 1 when it was sharpness-aware."""
+def engine_setup(device: torch.device) -> dict:
+    """The precision and memory format the engine is run with on `device` (its GPU setup on CUDA)."""
+    cuda = device.type == "cuda"
+    return {"precision": "bf16" if cuda else "fp32", "channels_last": cuda}
+
+
+def _trainer(model_name: str, variant: str, device: torch.device, batch_size: int, setup: dict) -> Trainer:
+    settings, _ = MODELS[model_name]
     p, grst_weight = VARIANTS[variant]
-    base = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    if p is None:
-
-        def sgd_step(closure):
-            base.zero_grad(set_to_none=True)
-            closure()
-            base.step()
-            return 0
-
-        return sgd_step
-    optimizer = RandomizedSAM(
-        base,
-        make_schedule("constant", p=p),
-        total_steps,
-        rho=0.05,
-        grst_weight=grst_weight,
-        model=model,
-        seed=1,
+    config = load_config(
+        {
+            **settings,
+            **setup,
+            "device": str(device),
+            "batch_size": batch_size,
+            "lr": 0.01,
+            "lr_schedule": "constant",
+            "schedule": {"name": "constant", "params": {"p": p or 0.0}},
+            "grst_weight": grst_weight,
+            "seed": 1,
+        }
     )
+    data = synthetic(train_size=batch_size, val_size=0) if settings["dataset"] == "synthetic" else None
+    return Trainer(config, data=data if data is not None else load_dataset(settings["dataset"]))
 
-    def rst_step(closure):
-        optimizer.step(closure)
-        return int(optimizer.last_was_sam)
 
-    return rst_step
+def _plain_sgd(reference: Trainer, images: torch.Tensor, labels: torch.Tensor):
+    """The loop most users write (with its batch's loss and accuracy), on a copy of `reference`'s model,
+    with its SGD settings and device setup."""
+    model = copy.deepcopy(reference.model)
+    keys = ("lr", "momentum", "nesterov", "weight_decay", "fused")
+    base = torch.optim.SGD(
+        model.parameters(), **{k: reference.optimizer.base_optimizer.defaults[k] for k in keys}
+    )
+    device, dtype = reference.device, reference.autocast_dtype
+
+    def step() -> int:
+        base.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images.contiguous(memory_format=reference.memory_format))
+            loss = F.cross_entropy(logits.float(), labels)
+        loss.backward()
+        base.step()
+        (logits.detach().argmax(1) == labels).sum()  # the batch's accuracy, which the engine counts too
+        return 0
+
+    return step
 
 
 def measure(
     model_name: str, device: torch.device, batch_size: int, steps: int, rounds: int, warmup: int
 ) -> dict:
-    name, kwargs, shape, _ = MODELS[model_name]
-    torch.manual_seed(0)
-    reference = build_model(name, **kwargs).to(device)
-    images = torch.randn(batch_size, *shape, device=device)
-    labels = torch.randint(0, kwargs["num_classes"], (batch_size,), device=device)
-    total = rounds * steps + warmup
-    runners = {}
-    for variant in VARIANTS:
-        model = copy.deepcopy(reference)
+    setup = engine_setup(device)
+    trainers = {v: _trainer(model_name, v, device, batch_size, setup) for v in VARIANTS if v != "sgd"}
+    reference = trainers["p=0"]
+    reference.model.train()
+    images, labels = next(reference.data.train_batches(batch_size, reference.data_rng))
+    runners = {"sgd": _plain_sgd(reference, images, labels)}
+    for variant, trainer in trainers.items():
+        trainer.model.train()
 
-        def closure(model=model):
-            loss = F.cross_entropy(model(images), labels)
-            loss.backward()
-            return loss
+        def rst_step(trainer=trainer) -> int:
+            trainer.train_step(images, labels)
+            return int(trainer.optimizer.last_was_sam)
 
-        runners[variant] = (_stepper(model, variant, total), closure)
-    for step, closure in runners.values():
+        runners[variant] = rst_step
+    for step in runners.values():
         for _ in range(warmup):
-            step(closure)
+            step()
     _sync(device)
     order, shuffle = list(VARIANTS), random.Random(0)
     seconds = {v: [] for v in VARIANTS}
@@ -108,15 +127,16 @@ def measure(
     for _ in range(rounds):
         shuffle.shuffle(order)
         for variant in order:
-            step, closure = runners[variant]
+            step = runners[variant]
             start = time.perf_counter()
-            sam = sum(step(closure) for _ in range(steps))
+            sam = sum(step() for _ in range(steps))
             _sync(device)
             seconds[variant].append((time.perf_counter() - start) / steps)
             sam_fraction[variant].append(sam / steps)
     result = {
         "model": model_name,
         "device": str(device),
+        **setup,
         "batch_size": batch_size,
         "steps_per_round": steps,
         "rounds": rounds,
@@ -133,6 +153,7 @@ def measure(
             "sam_fraction": statistics.fmean(sam_fraction[variant]),
             "ratio_to_ideal": statistics.median(of_ideal),
         }
+    result["verdicts"] = verdicts(result)
     return result
 
 
@@ -160,6 +181,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", metavar="FILE", help="write all figures to FILE")
     args = parser.parse_args()
+    torch.backends.cudnn.benchmark = True  # as the Trainer sets it on CUDA
     results = []
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
@@ -168,13 +190,13 @@ def main() -> None:
     for device_name in args.devices:
         device = torch.device(device_name)
         for model_name in args.models:
-            batch = args.batch_size or (256 if device.type == "cuda" else MODELS[model_name][3])
+            batch = args.batch_size or (256 if device.type == "cuda" else MODELS[model_name][1])
             result = measure(model_name, device, batch, args.steps, args.rounds, args.warmup)
-            result["verdicts"] = verdicts(result)
             results.append(result)
             print(
-                f"\n{model_name} on {device_name}, batch {batch}: plain SGD {result['sgd_ms']:.2f} ms/step "
-                f"(median of {args.rounds} rounds x {args.steps} steps)"
+                f"\n{model_name} on {device_name}, batch {batch}, {result['precision']}"
+                f"{', channels_last' if result['channels_last'] else ''}: plain SGD {result['sgd_ms']:.2f} "
+                f"ms/step (median of {args.rounds} rounds x {args.steps} steps)"
             )
             print(f"  {'variant':<12}{'ms/step':>9}{'x SGD':>8}{'SAM frac':>10}{'ideal':>7}{'x ideal':>9}")
             for variant, v in result["variants"].items():
