@@ -6,8 +6,9 @@ Stages, each written to OUT/<stage>.json as soon as it ends (a run cut short kee
    bf16 perturbation, fp16 host syncs, a float64 CPU reference);
 3. tests (CUDA only): tests/test_fast_path.py, the CUDA case of the dropout test, the training and
    CLI-training tests that train on CUDA there (and those pinned to the CPU), the compile test on CUDA;
-4. step_cost: `step_cost.py`, shortened; 5. epoch_throughput: `epoch_throughput.py` (MFU, SAM/SGD,
-   the DataLoader loop at 0–16 workers, torch.compile); 6. trials_per_gpu: `trials_per_gpu.py`.
+4. step_cost: `step_cost.py`, shortened; 5. dropout_state: `dropout_state.py`; 6. epoch_throughput:
+   `epoch_throughput.py` (MFU, SAM/SGD, the DataLoader loop at 0–16 workers, torch.compile);
+7. trials_per_gpu: `trials_per_gpu.py`.
 Without CUDA the CUDA-only parts are reported as skipped and the rest runs on the CPU; `--quick`
 shrinks every stage to a rehearsal of a minute or two (the test suite runs it so).
 
@@ -23,11 +24,13 @@ first), fetched where pip works:
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,6 +58,7 @@ def _say(line: str) -> None:
 def _install(wheels: Path) -> None:
     """Install the wheels in `wheels` into a temporary folder seen by this process and its children."""
     target = Path(tempfile.mkdtemp(prefix="rst_tune_site_"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
          "--target", str(target), *map(str, sorted(wheels.glob("*.whl")))],
@@ -138,6 +142,20 @@ def step_cost_stage(device, quick: bool) -> dict:
     return {"results": results}
 
 
+def dropout_state_stage(device, quick: bool) -> dict:
+    import dropout_state
+
+    steps, rounds = (1, 1) if quick else (10, 15)
+    results = [
+        dropout_state.measure(name, device, steps, rounds, warmup=1 if quick else 3)
+        for name in dropout_state.MODELS
+    ]
+    for r in results:
+        shares = f"save + restore {100 * r['ratio']:.3f} %, reseed {100 * r['reseed_ratio']:.3f} %"
+        _say(f"  {r['model']}: {shares} of a sharpness-aware step")
+    return {"results": results}
+
+
 def epoch_throughput_stage(device, quick: bool) -> dict:
     from epoch_throughput import Setup, measure
 
@@ -164,6 +182,7 @@ STAGES: dict[str, Callable] = {
     "probe": probe_stage,
     "tests": tests_stage,
     "step_cost": step_cost_stage,
+    "dropout_state": dropout_state_stage,
     "epoch_throughput": epoch_throughput_stage,
     "trials_per_gpu": trials_stage,
 }

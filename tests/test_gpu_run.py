@@ -10,7 +10,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["env", "probe", "tests", "step_cost", "epoch_throughput", "trials_per_gpu"]
+STAGES = ["env", "probe", "tests", "step_cost", "dropout_state", "epoch_throughput", "trials_per_gpu"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the rehearsal is the run without CUDA")
@@ -27,7 +27,7 @@ def test_the_gpu_run_rehearses_on_the_cpu_with_its_cuda_parts_skipped(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in files)  # no temporary left
     written = [p.stat().st_mtime_ns for p in files]
     assert written == sorted(written)  # each stage's file is written as that stage ends
-    env, probe, tests, step_cost, throughput, trials = (json.loads(p.read_text()) for p in files)
+    env, probe, tests, step_cost, dropout, throughput, trials = (json.loads(p.read_text()) for p in files)
 
     assert env["torch"] == torch.__version__ and env["gpu"] is None and env["device"] == "cpu"
     assert tests["skipped"] == "needs CUDA"
@@ -40,6 +40,9 @@ def test_the_gpu_run_rehearses_on_the_cpu_with_its_cuda_parts_skipped(tmp_path):
     variants = costs["variants"]
     assert variants["sgd"]["ratio_to_sgd"] == 1.0
     assert (variants["p=0"]["sam_fraction"], variants["p=1"]["sam_fraction"]) == (0.0, 1.0)
+
+    assert [r["model"] for r in dropout["results"]] == ["mlp", "digits_cnn"]
+    assert all(0 < r["ratio"] < 1 and 0 < r["reseed_ratio"] < 1 for r in dropout["results"])
 
     loops = throughput["loops"]
     assert set(loops) == {
