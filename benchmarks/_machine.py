@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from rst_tune.train import native_bf16
+
 
 def cpu_model() -> str:
     """The CPU's model name as /proc/cpuinfo gives it (else what `platform` knows)."""
@@ -15,6 +17,15 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def engine_setup(device: torch.device, images: bool = True) -> dict:
+    """The precision and memory format to run the engine with on `device`: bf16 where the device has
+    it natively, else fp32; channels_last for image batches on CUDA."""
+    return {
+        "precision": "bf16" if native_bf16(device) else "fp32",
+        "channels_last": device.type == "cuda" and images,
+    }
 
 
 def write_results(path: str, results: dict) -> None:

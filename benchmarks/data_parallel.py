@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from _machine import cpu_model
+from _machine import cpu_model, engine_setup
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 
@@ -160,10 +160,8 @@ def main() -> None:
     if args.device == "cuda" and gpus == 0:
         print("data_parallel.py: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
         sys.exit(2)
-    # the engine's GPU setup: bf16 where the GPU computes in it (not emulated), as TrainConfig advises
-    native_bf16 = args.device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    precision = args.precision or ("bf16" if native_bf16 else "fp32")
-    channels_last = args.device == "cuda"  # every model here takes images (N, C, H, W)
+    setup = engine_setup(torch.device(args.device))  # every model here takes images (N, C, H, W)
+    precision, channels_last = args.precision or setup["precision"], setup["channels_last"]
     skipped = f"needs 2 GPUs, found {gpus}" if args.device == "cuda" and gpus < 2 else None
     if args.device == "cuda":
         name = torch.cuda.get_device_name(0)

@@ -14,7 +14,7 @@ the CPU.
     python benchmarks/data_paths.py --json benchmarks/data_paths_cpu.json --device cpu
     python benchmarks/data_paths.py --json benchmarks/data_paths_cuda.json --workers 0 2 4
 
-`measure_all(device, workers, rounds)` is the measurement itself, for a script that imports it.
+`measure_all(device, workers, rounds)` is the measurement itself, `report` its table.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable
 
 import torch
-from _machine import cpu_model
+from _machine import cpu_model, engine_setup
 from torch.utils.data import TensorDataset
 
 from rst_tune.config import load_config
@@ -68,15 +68,6 @@ def cases() -> dict[str, tuple[dict, DataSplits]]:
     }
 
 
-def gpu_setup(device: torch.device, data: DataSplits) -> dict:
-    """The engine's GPU settings for `data` on `device`: bf16 (where the GPU has it) and channels_last
-    for image batches (N, C, H, W) on CUDA; fp32 and the default layout otherwise (channels_last is
-    refused for inputs that are not images)."""
-    images = device.type == "cuda" and len(data.shape) == 3
-    bf16 = images and torch.cuda.is_bf16_supported(including_emulation=False)  # not emulated (pre-Ampere)
-    return {"precision": "bf16" if bf16 else "fp32", "channels_last": images}
-
-
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
@@ -93,7 +84,7 @@ def measure(
     """Epoch times of `data` resident on `device` and streamed with each of `workers` loader workers."""
     counts = list(workers)
     paths = [RESIDENT, *(path_name(n) for n in counts)]
-    setup = gpu_setup(device, data)
+    setup = engine_setup(device, images=len(data.shape) == 3)
     trainers = {}
     for path, count in zip(paths, [None, *counts]):
         config = load_config({**settings, **setup, "epochs": rounds + 1, "seed": 0, "device": str(device)})

@@ -197,16 +197,18 @@ def _relative_update_error(device: torch.device, grst_weight: float | None) -> f
 
 def float64_reference(device: torch.device) -> dict:
     figures, passed = {}, True
-    allowed = torch.backends.cudnn.allow_tf32
+    cudnn = torch.backends.cudnn
+    settings = cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic
     try:
+        cudnn.benchmark, cudnn.deterministic = False, True  # no Winograd or FFT a Trainer's autotuning chose
         for tf32, tolerance in ((False, 1e-4), (True, 2e-2)):
-            torch.backends.cudnn.allow_tf32 = tf32
+            cudnn.allow_tf32 = tf32
             for name, weight in (("sam", None), ("grst", 0.5)):
                 error = _relative_update_error(device, weight)
                 figures[f"{name}, {'tf32 convolutions' if tf32 else 'strict fp32'}"] = error
                 passed = passed and error <= tolerance
     finally:
-        torch.backends.cudnn.allow_tf32 = allowed
+        cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = settings
     return {"passed": passed, "relative_update_error": figures, "tolerances": {"strict": 1e-4, "tf32": 2e-2}}
 
 

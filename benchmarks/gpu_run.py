@@ -4,13 +4,16 @@ Stages, each written to OUT/<stage>.json as soon as it ends (a run cut short kee
 1. env: the GPU as nvidia-smi names it, the torch, CUDA and cuDNN versions, the CPU;
 2. probe: `gpu_probe.py`'s checks of a sharpness-aware step on the device (dropout masks, BatchNorm,
    bf16 perturbation, fp16 host syncs, a float64 CPU reference);
-3. tests (CUDA only): tests/test_fast_path.py, the CUDA case of the dropout test, the training and
-   CLI-training tests that train on CUDA there (and those pinned to the CPU), the compile test on CUDA;
+3. tests (CUDA only): tests/test_fast_path.py, tests/test_sharpness.py (its dropout test on CUDA too),
+   tests/test_train.py and the CLI's training tests (which train on CUDA there, or are pinned to the
+   CPU), the compile test on CUDA; each test at most 120 s (pytest-timeout), the stage 300 s;
 4. step_cost: `step_cost.py`, shortened; 5. dropout_state: `dropout_state.py`; 6. epoch_throughput:
    `epoch_throughput.py` (MFU, SAM/SGD, the DataLoader loop at 0–16 workers, torch.compile);
 7. trials_per_gpu: `trials_per_gpu.py`.
 Without CUDA the CUDA-only parts are reported as skipped and the rest runs on the CPU; `--quick`
-shrinks every stage to a rehearsal of a minute or two (the test suite runs it so).
+shrinks every stage to a rehearsal of under a minute (the test suite runs it so). No stage starts
+after `--deadline` seconds; `--stages` reruns some. The exit status is 1 when a stage raised, a probe
+check failed or a test failed.
 
 A GPU machine may hold only torch, torchvision, scikit-learn, scipy, matplotlib, tqdm, pyyaml and
 pytest: the engine's other needs travel as wheels (`--wheels DIR`, installed into a temporary folder
@@ -26,11 +29,13 @@ from __future__ import annotations
 import argparse
 import atexit
 import datetime
+import importlib.util
 import json
 import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,6 +54,7 @@ GPU_TESTS = [
     "-k",
     "not search and not (compile and cpu)",
 ]
+TESTS_TIMEOUT_S = 300
 
 
 def _say(line: str) -> None:
@@ -72,6 +78,8 @@ def env_stage(device, quick: bool) -> dict:
     import torch
     from _machine import cpu_model
 
+    from rst_tune.train import native_bf16
+
     smi = subprocess.run(
         ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
         capture_output=True,
@@ -83,7 +91,7 @@ def env_stage(device, quick: bool) -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "bf16": device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        "native_bf16": native_bf16(device),
         "python": platform.python_version(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -97,30 +105,44 @@ def probe_stage(device, quick: bool) -> dict:
     checks = probe(device)
     for name, check in checks.items():
         _say(f"  {name}: {'skipped' if 'skipped' in check else 'passed' if check['passed'] else 'FAILED'}")
-    return checks
+    return {**checks, "passed": all(check.get("passed", True) for check in checks.values())}
 
 
 def tests_stage(device, quick: bool) -> dict:
     if device.type != "cuda":
         return {"skipped": "needs CUDA"}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", *GPU_TESTS]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    lines = done.stdout.strip().splitlines()
+    if importlib.util.find_spec("pytest_timeout"):
+        command.append("--timeout=120")  # a hung test fails alone
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": path},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            returncode = process.wait(timeout=TESTS_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # pytest and the training runs it started
+            returncode = process.wait()
+        output.seek(0)
+        text = output.read()
+    last = text.strip().splitlines()[-1] if text.strip() else ""
     counts = {
-        kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|error|deselected)", lines[-1])
+        kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", last)
     }
-    _say(f"  {lines[-1] if lines else done.stderr[-500:]}")
+    _say(f"  {last}")
     return {
         "command": " ".join(command[1:]),
-        "returncode": done.returncode,
+        "returncode": returncode,
+        "passed": returncode == 0,
         "counts": counts,
-        "seconds": time.perf_counter() - start,
-        "output_tail": done.stdout[-6000:] + done.stderr[-2000:],
+        "output_tail": text[-8000:],
     }
 
 
@@ -157,6 +179,7 @@ def dropout_state_stage(device, quick: bool) -> dict:
 
 
 def epoch_throughput_stage(device, quick: bool) -> dict:
+    from _machine import engine_setup
     from epoch_throughput import Setup, measure
 
     if quick:
@@ -164,8 +187,7 @@ def epoch_throughput_stage(device, quick: bool) -> dict:
                       matmul_size=256, model="digits_cnn", model_params={"width": 8})  # fmt: skip
         workers = [0, 1]
     else:
-        cuda = device.type == "cuda"
-        setup = Setup(str(device), precision="bf16" if cuda else "fp32", channels_last=cuda, epochs=2)
+        setup = Setup(str(device), **engine_setup(device), epochs=2)
         workers = [n for n in (0, 4, 8, 16) if n <= (os.cpu_count() or 1)]
     return measure(setup, compile_model=True, workers=workers, report=_say)
 
@@ -188,13 +210,26 @@ STAGES: dict[str, Callable] = {
 }
 
 
+def _outcome(result: dict) -> str:
+    """A stage's result in a word or two: done, skipped, or FAILED (with its error)."""
+    if "error" in result:
+        return f"FAILED: {result['error']}"
+    if result.get("passed") is False:
+        return "FAILED"
+    return "skipped" if "skipped" in result else "done"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for the stages' JSON files")
     parser.add_argument("--quick", action="store_true", help="a rehearsal: every stage shrunk")
     parser.add_argument("--wheels", type=Path, help="a folder of wheels to install first (see above)")
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    parser.add_argument(
+        "--deadline", type=float, default=540, help="seconds after which no stage starts (default 540)"
+    )
     args = parser.parse_args()
+    began = time.perf_counter()
     if args.wheels:
         _install(args.wheels)
     sys.path.insert(0, str(ROOT))
@@ -202,22 +237,28 @@ def main() -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
-    failed = []
+    outcomes = {}
     for name in args.stages:
         start = time.perf_counter()
         _say(f"[{name}] on {device}")
-        try:
-            result = STAGES[name](device, args.quick)
-        except Exception as err:
-            result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:]}
-            failed.append(name)
+        if start - began > args.deadline:
+            result = {"skipped": f"past the {args.deadline:g} s deadline"}
+        else:
+            try:
+                result = STAGES[name](device, args.quick)
+            except Exception as err:
+                result = {
+                    "error": f"{type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc()[-4000:],
+                }
         result = {"stage": name, "seconds": time.perf_counter() - start, **result}
         temporary = args.out / f".{name}.json"
         temporary.write_text(json.dumps(result, indent=2, default=str) + "\n")
         temporary.replace(args.out / f"{name}.json")
-        outcome = f"FAILED: {result['error']}" if "error" in result else "done"
-        _say(f"[{name}] {outcome} in {result['seconds']:.1f} s")
-    return 1 if failed else 0
+        outcomes[name] = _outcome(result)
+        _say(f"[{name}] {outcomes[name]} in {result['seconds']:.1f} s")
+    _say("; ".join(f"{name}: {outcome.split(':')[0]}" for name, outcome in outcomes.items()))
+    return 1 if any(outcome.startswith("FAILED") for outcome in outcomes.values()) else 0
 
 
 if __name__ == "__main__":

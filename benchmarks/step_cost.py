@@ -25,7 +25,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _machine import write_results
+from _machine import engine_setup, write_results
 
 from rst_tune.config import load_config
 from rst_tune.data import load_dataset, synthetic
@@ -49,12 +49,6 @@ VARIANTS = {
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def engine_setup(device: torch.device) -> dict:
-    """The precision and memory format the engine is run with on `device` (its GPU setup on CUDA)."""
-    cuda = device.type == "cuda"
-    return {"precision": "bf16" if cuda else "fp32", "channels_last": cuda}
 
 
 def _trainer(model_name: str, variant: str, device: torch.device, batch_size: int, setup: dict) -> Trainer:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from _machine import engine_setup
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -33,7 +34,6 @@ SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 def problems(device: str, quick: bool = False) -> dict[str, dict]:
     """The training settings of each problem on `device`; `quick`: the default problem only, 1 epoch."""
     default = yaml.safe_load((SPACES / "default.yaml").read_text())["train"]
-    cuda = device.startswith("cuda")
     found = {"default": {**default, "device": device, "schedule": {"name": "constant", "params": {"p": 0.5}}}}
     if not quick:
         found["resnet18"] = {
@@ -41,22 +41,25 @@ def problems(device: str, quick: bool = False) -> dict[str, dict]:
             "model": "resnet18",
             "batch_size": 512,
             "device": device,
-            "precision": "bf16" if cuda else "fp32",
-            "channels_last": cuda,
+            **engine_setup(torch.device(device)),
             "schedule": {"name": "constant", "params": {"p": 0.5}},
         }
     return found
 
 
-def _one_trial(settings: dict, epochs: int, folder: Path, index: int) -> None:
-    """A worker process: a warm-up epoch, ready, wait for go, then `epochs` timed epochs."""
+def _one_trial(settings: dict, epochs: int, folder: Path, index: int, timeout: float) -> None:
+    """A worker process: a warm-up epoch, ready, wait for go, then `epochs` timed epochs. It gives up
+    when its parent is gone or go has not come within `timeout` seconds."""
     from rst_tune.config import load_config
     from rst_tune.train import Trainer
 
+    parent, deadline = os.getppid(), time.time() + timeout
     trainer = Trainer(load_config({**settings, "epochs": epochs + 1}))
     trainer.train_epoch()
     (folder / f"ready-{index}").touch()
     while not (folder / "go").exists():
+        if os.getppid() != parent or time.time() > deadline:
+            sys.exit("no go: the measuring process is gone or gave up")
         time.sleep(0.01)
     seconds = []
     for _ in range(epochs):
@@ -67,6 +70,10 @@ def _one_trial(settings: dict, epochs: int, folder: Path, index: int) -> None:
     (folder / f"result-{index}.json").write_text(json.dumps({"epoch_s": seconds, "items": items}))
 
 
+def _failure(folder: Path, index: int) -> str:
+    return f"trial process {index} failed: {(folder / f'stderr-{index}').read_text()[-2000:]}"
+
+
 def concurrent(settings: dict, processes: int, epochs: int, timeout: float = 300) -> dict:
     """`processes` trials of `settings` at once: their epoch times and summed throughput."""
     with tempfile.TemporaryDirectory() as name:
@@ -75,36 +82,31 @@ def concurrent(settings: dict, processes: int, epochs: int, timeout: float = 300
         # each its share of the CPU's cores, as Ray gives a trial its `cpu` (OMP_NUM_THREADS)
         threads = str(max(1, (os.cpu_count() or 1) // processes))
         env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": threads}
-        workers = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    json.dumps(settings),
-                    str(epochs),
-                    str(folder),
-                    str(i),
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(processes)
-        ]
+        workers: list[subprocess.Popen] = []
         try:
+            for i in range(processes):
+                with open(folder / f"stderr-{i}", "w") as stderr:
+                    arguments = [json.dumps(settings), str(epochs), str(folder), str(i), str(timeout)]
+                    workers.append(
+                        subprocess.Popen(
+                            [sys.executable, __file__, "--worker", *arguments],
+                            env=env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=stderr,
+                        )
+                    )
             deadline = time.time() + timeout
             while len(list(folder.glob("ready-*"))) < processes:
-                failed = [w for w in workers if w.poll() not in (None, 0)]
-                if failed or time.time() > deadline:
-                    reason = failed[0].stderr.read()[-2000:] if failed else f"not ready in {timeout} s"
-                    raise RuntimeError(f"a trial process failed: {reason}")
+                failed = [i for i, w in enumerate(workers) if w.poll() not in (None, 0)]
+                if failed:
+                    raise RuntimeError(_failure(folder, failed[0]))
+                if time.time() > deadline:
+                    raise RuntimeError(f"the trial processes were not ready in {timeout} s")
                 time.sleep(0.05)
             (folder / "go").touch()
-            for worker in workers:
+            for i, worker in enumerate(workers):
                 if worker.wait(timeout=max(1.0, deadline - time.time())) != 0:
-                    raise RuntimeError(f"a trial process failed: {worker.stderr.read()[-2000:]}")
+                    raise RuntimeError(_failure(folder, i))
         finally:
             for worker in workers:
                 if worker.poll() is None:
@@ -139,8 +141,8 @@ def measure(device: str, counts=(1, 2, 4), epochs: int = 3, quick: bool = False,
 
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
-        settings, epochs, folder, index = sys.argv[2:6]
-        _one_trial(json.loads(settings), int(epochs), Path(folder), int(index))
+        settings, epochs, folder, index, timeout = sys.argv[2:7]
+        _one_trial(json.loads(settings), int(epochs), Path(folder), int(index), float(timeout))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -258,6 +258,7 @@ class RandomizedSAM(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.base_optimizer.load_state_dict(state_dict["base"])
+        self.param_groups = self.base_optimizer.param_groups  # loading made new groups (lr, momentum)
         self.steps, self.sam_steps = state_dict["steps"], state_dict["sam_steps"]
         self.propagations = state_dict["propagations"]
         self.expected_propagations = state_dict["expected_propagations"]

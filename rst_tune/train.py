@@ -137,6 +137,12 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 2)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CUDA GPU of compute capability 8.0 (Ampere) or
+    later (older ones emulate it, slowly)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def seed_step(device: torch.device, seed: int) -> None:
     """Seed the generators a training step on `device` draws from: the CPU's and the device's own.
     4–6 µs a step on the 2-core CPU VM; torch.manual_seed, which also seeds (or, before CUDA starts,
@@ -211,7 +217,7 @@ class Trainer:
         self.evaluate_forward = compiled(self.model) if distributed else self.forward
 
         fp16 = config.precision == "fp16"
-        if fp16 and self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if fp16 and native_bf16(self.device):
             warnings.warn(
                 f"precision fp16 on {torch.cuda.get_device_name(self.device)}, which has bf16: bf16 needs "
                 "no loss scaling, so no overflow check and no host synchronisation each step",
@@ -433,6 +439,8 @@ class Trainer:
         self.epoch, self.wall_s, self.history = state["epoch"], state["wall_s"], history
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # this run's choice, not the writer's (another device)
+            group["fused"] = self.optimizer.base_optimizer.defaults["fused"]
         if self.lr_scheduler:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.scaler:
@@ -481,10 +489,10 @@ def make_model(config: TrainConfig, data: Splits) -> torch.nn.Module:
     except ValueError as err:
         raise ConfigError(str(err), key=key) from None
     inputs = data.probe(min(2, data.size("train")))
-    if config.channels_last and inputs.dim() != 4:
+    if config.channels_last and len(data.shape) != 3:
         raise ConfigError(
-            f"is a layout of image batches (N, C, H, W); {config.dataset} gives inputs of shape "
-            f"{tuple(inputs.shape)}: leave it false",
+            f"is a layout of images (C, H, W); {config.dataset}'s inputs have shape {tuple(data.shape)}: "
+            "leave it false",
             key="channels_last",
         )
     was_training = model.training

@@ -63,7 +63,7 @@ def test_train_prints_a_table_and_resumes_from_its_checkpoint(tmp_path):
         (["dataset=cifar10", "model=resnet18", "data_dir=/nonexistent"], "cifar10 not found"),
         (
             ["dataset=mnist1d", "model=mnist1d_cnn", "channels_last=true"],
-            "channels_last: is a layout of image",
+            "channels_last: is a layout of images",
         ),
     ],
 )

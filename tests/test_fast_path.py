@@ -11,7 +11,7 @@ from torch._dynamo.eval_frame import OptimizedModule
 from torch._dynamo.utils import counters
 
 from rst_tune.config import load_config
-from rst_tune.train import Trainer
+from rst_tune.train import Trainer, native_bf16
 
 STEP_KINDS = {
     "sgd": {"schedule": {"name": "constant", "params": {"p": 0.0}}},
@@ -77,7 +77,7 @@ def test_an_fp16_step_synchronises_once_and_its_sgd_is_not_fused(p):
     config = {"dataset": "synthetic", "model": "resnet18", "batch_size": 128, "epochs": 1, "device": "cuda"}
     with (
         pytest.warns(UserWarning, match="bf16 needs no loss scaling")
-        if torch.cuda.is_bf16_supported()
+        if native_bf16(torch.device("cuda"))
         else contextlib.nullcontext()
     ):
         trainer = Trainer(

@@ -355,6 +355,16 @@ def test_state_dict_round_trip_continues_the_same_sequence():
     assert resumed == straight
 
 
+def test_a_loaded_state_sets_the_groups_the_optimizer_reads():
+    """torch's load_state_dict makes new param groups: the wrapper must read those (the saved lr)."""
+    w = nn.Parameter(torch.zeros(1))
+    saved = RandomizedSAM(torch.optim.SGD([w], lr=0.3), make_schedule("constant", p=0.5), 5)
+    fresh = RandomizedSAM(torch.optim.SGD([w], lr=0.1), make_schedule("constant", p=0.5), 5)
+    fresh.load_state_dict(saved.state_dict())
+    assert fresh.param_groups is fresh.base_optimizer.param_groups
+    assert fresh.param_groups[0]["lr"] == 0.3
+
+
 def test_state_dict_holds_no_parameter_sized_buffers():
     model = net()
     opt = RandomizedSAM(sgd(model), make_schedule("constant", p=1.0), 5, model=model)

@@ -75,6 +75,16 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
         Trainer(load_config(FAST | {"epochs": 1, "rho": 0.1})).load(tmp_path / "ckpt.pt")
 
 
+def test_a_resumed_run_steps_fused_as_its_own_device_asks_not_as_the_writers_did():
+    config = load_config(FAST | {"epochs": 1, "device": "cpu"})
+    state = Trainer(config).state_dict()
+    for group in state["optimizer"]["base"]["param_groups"]:
+        group["fused"] = True  # as a CUDA run writes it
+    resumed = Trainer(config)
+    resumed.load_state_dict(state)
+    assert [group["fused"] for group in resumed.optimizer.base_optimizer.param_groups] == [False]
+
+
 def test_epoch_metrics_are_consistent():
     config = load_config(FAST | {"epochs": 2, "device": "cpu"})  # two runs, two evaluations: exactly equal
     trainer = Trainer(config, devices=0.5)

@@ -356,12 +356,12 @@ BLOBS = "dataset=outside.tables:blobs"
         ([BLOBS, "val_size=10"], "val_size: does not apply: outside.tables:blobs brings its own"),
         (
             [BLOBS, "channels_last=true"],
-            "train.channels_last: is a layout of image batches (N, C, H, W); "
-            "outside.tables:blobs gives inputs of shape (2, 6)",
+            "train.channels_last: is a layout of images (C, H, W); "
+            "outside.tables:blobs's inputs have shape (6,): leave it false",
         ),
         (
             ["dataset=mnist1d", "model=mnist1d_cnn", "channels_last=true"],
-            "mnist1d gives inputs of shape (2, 1, 40)",
+            "mnist1d's inputs have shape (1, 40)",
         ),
     ],
 )
