@@ -1,12 +1,11 @@
 """What a benchmark records about the machine it ran on."""
 
 import json
+import os
 import platform
 from pathlib import Path
 
 import torch
-
-from rst_tune.train import native_bf16
 
 
 def cpu_model() -> str:
@@ -19,9 +18,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+
+
+def pythonpath(*folders: str | Path) -> str:
+    """PYTHONPATH with `folders` first, for a child process that imports from them."""
+    return os.pathsep.join([*map(str, folders), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def engine_setup(device: torch.device, images: bool = True) -> dict:
     """The precision and memory format to run the engine with on `device`: bf16 where the device has
     it natively, else fp32; channels_last for image batches on CUDA."""
+    from rst_tune.train import (
+        native_bf16,  # the engine's needs may arrive after this loads (gpu_run --wheels)
+    )
+
     return {
         "precision": "bf16" if native_bf16(device) else "fp32",
         "channels_last": device.type == "cuda" and images,

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable
 
 import torch
-from _machine import cpu_model, engine_setup
+from _machine import cpu_model, device_name, engine_setup
 from torch.utils.data import TensorDataset
 
 from rst_tune.config import load_config
@@ -66,11 +66,6 @@ def cases() -> dict[str, tuple[dict, DataSplits]]:
             images,
         ),
     }
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def measure(
@@ -113,9 +108,8 @@ def measure_all(
     device: str | torch.device,
     workers: Iterable[int] = (0, 2),
     rounds: int = 3,
-    names: Iterable[str] | None = None,
 ) -> dict:
-    """Every case (or those in `names`) on `device`, streamed with each of `workers` loader workers,
+    """Every case on `device`, streamed with each of `workers` loader workers,
     median of `rounds` epochs: the machine, the settings and, under "results", each case's figures.
     The paths' order in each round is drawn from a generator of its own, seeded 0."""
     device = torch.device(device)
@@ -124,13 +118,10 @@ def measure_all(
     workers = list(dict.fromkeys(int(n) for n in workers))  # each count once: it names its path
     if any(n < 0 for n in workers):
         raise ValueError(f"workers {workers}: counts of worker processes, 0 or more")
-    chosen = cases()
-    if names is not None:
-        chosen = {name: chosen[name] for name in names}
     rng = random.Random(0)
     results = {
         name: measure(settings, data, device, workers, rounds, rng)
-        for name, (settings, data) in chosen.items()
+        for name, (settings, data) in cases().items()
     }
     return {
         "device": device_name(device),
@@ -178,12 +169,11 @@ def main() -> None:
     )
     parser.add_argument("--json")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("data_paths.py: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
+    try:
+        measured = measure_all(args.device, args.workers, args.rounds)
+    except ValueError as err:
+        print(f"data_paths.py: {err}", file=sys.stderr)
         sys.exit(2)
-    if min(args.workers) < 0:
-        parser.error("--workers: counts of worker processes, 0 or more")
-    measured = measure_all(args.device, args.workers, args.rounds)
     print("\n".join(report(measured)))
     if args.json:
         with open(args.json, "w") as f:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
+from _machine import device_name
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -271,14 +271,6 @@ def _figures(results: dict) -> tuple[dict[str, float], dict[str, bool]]:
     if sgd and "engine+compile sgd" in ran:
         figures["compile_speedup"] = sgd["epoch_s"] / ran["engine+compile sgd"]["epoch_s"]
     return figures, verdicts
-
-
-def device_name(device: torch.device) -> str:
-    return (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else (platform.processor() or platform.machine())
-    )
 
 
 def main() -> None:

@@ -44,6 +44,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from _machine import pythonpath
+
 ROOT = Path(__file__).resolve().parent.parent
 # what the tests stage runs on a GPU machine: nothing that needs Ray, Optuna or MLflow (not there)
 GPU_TESTS = [
@@ -71,7 +73,7 @@ def _install(wheels: Path) -> None:
         check=True,
     )  # fmt: skip
     sys.path.insert(0, str(target))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"] = pythonpath(target)
 
 
 def env_stage(device, quick: bool) -> dict:
@@ -114,12 +116,11 @@ def tests_stage(device, quick: bool) -> dict:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", *GPU_TESTS]
     if importlib.util.find_spec("pytest_timeout"):
         command.append("--timeout=120")  # a hung test fails alone
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     with tempfile.TemporaryFile("w+") as output:
         process = subprocess.Popen(
             command,
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": path},
+            env={**os.environ, "PYTHONPATH": pythonpath(ROOT)},
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
@@ -149,12 +150,10 @@ def tests_stage(device, quick: bool) -> dict:
 def step_cost_stage(device, quick: bool) -> dict:
     import step_cost
 
-    models, batch, rounds = (["digits_cnn"], 16, 1) if quick else (list(step_cost.MODELS), 256, 5)
-    if device.type == "cpu" and not quick:
-        batch = None
+    models, rounds = (["digits_cnn"], 1) if quick else (list(step_cost.MODELS), 5)
     results = []
     for model in models:
-        size = batch or step_cost.MODELS[model][1]
+        size = 16 if quick else step_cost.default_batch(model, device)
         result = step_cost.measure(
             model, device, size, steps=1 if quick else 4, rounds=rounds, warmup=1 if quick else 3
         )

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 import yaml
-from _machine import engine_setup
+from _machine import engine_setup, pythonpath
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
 def problems(device: str, quick: bool = False) -> dict[str, dict]:
-    """The training settings of each problem on `device`; `quick`: the default problem only, 1 epoch."""
+    """The training settings of each problem on `device`; `quick`: the default problem only."""
     default = yaml.safe_load((SPACES / "default.yaml").read_text())["train"]
     found = {"default": {**default, "device": device, "schedule": {"name": "constant", "params": {"p": 0.5}}}}
     if not quick:
@@ -78,10 +78,9 @@ def concurrent(settings: dict, processes: int, epochs: int, timeout: float = 300
     """`processes` trials of `settings` at once: their epoch times and summed throughput."""
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        path = os.pathsep.join(filter(None, [str(SPACES.parent), os.environ.get("PYTHONPATH")]))
         # each its share of the CPU's cores, as Ray gives a trial its `cpu` (OMP_NUM_THREADS)
         threads = str(max(1, (os.cpu_count() or 1) // processes))
-        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": threads}
+        env = {**os.environ, "PYTHONPATH": pythonpath(SPACES.parent), "OMP_NUM_THREADS": threads}
         workers: list[subprocess.Popen] = []
         try:
             for i in range(processes):

@@ -483,18 +483,18 @@ def make_model(config: TrainConfig, data: Splits) -> torch.nn.Module:
     """The model `config` names, for `data`'s inputs and classes, checked by running two training
     inputs through it on the CPU: ConfigError naming the key when it cannot be built, its output
     is not one logit per class, or `channels_last` is asked of inputs that are not images."""
-    key = "model" if ":" in config.model else "model_params"  # user or torchvision code: its own key
-    try:
-        model = build_model(config.model, data.num_classes, data.shape, **config.model_params)
-    except ValueError as err:
-        raise ConfigError(str(err), key=key) from None
-    inputs = data.probe(min(2, data.size("train")))
     if config.channels_last and len(data.shape) != 3:
         raise ConfigError(
             f"is a layout of images (C, H, W); {config.dataset}'s inputs have shape {tuple(data.shape)}: "
             "leave it false",
             key="channels_last",
         )
+    key = "model" if ":" in config.model else "model_params"  # user or torchvision code: its own key
+    try:
+        model = build_model(config.model, data.num_classes, data.shape, **config.model_params)
+    except ValueError as err:
+        raise ConfigError(str(err), key=key) from None
+    inputs = data.probe(min(2, data.size("train")))
     was_training = model.training
     model.eval()
     try:
