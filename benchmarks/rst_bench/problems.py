@@ -1,0 +1,153 @@
+"""The problems RST-Bench tabulates, and the configurations it trains on each: a scrambled Sobol
+sample over a search file's space (schedule family and shape, ρ, the optional G-RST weight), plus the
+SGD and SAM baselines, each at the same seeds."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from scipy.stats import qmc
+
+from rst_tune.search import parse_spec
+from rst_tune.search.spec import Dimension, SearchSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+TABLES = Path(__file__).resolve().parent / "tables"
+BASELINES = {"SGD": 0.0, "SAM": 1.0}  # label -> constant p, at train.rho
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One table: the training settings of `train_file` (with `train` on top) over the space of
+    `space_file`, `configs` sampled configurations × `seeds` seeds, run from `folder` (where its
+    user code imports from)."""
+
+    name: str
+    description: str
+    train_file: Path
+    space_file: Path
+    folder: Path = ROOT
+    train: tuple[tuple[str, Any], ...] = ()
+    configs: int = 256
+    seeds: int = 3
+    design_seed: int = 0
+
+    def search_values(self) -> dict[str, Any]:
+        """The search file whose space the table covers: the space file with this problem's training."""
+        values = yaml.safe_load(self.space_file.read_text())
+        trained = yaml.safe_load(self.train_file.read_text())["train"]
+        # every epoch's test metrics, so a replay can report test accuracy at any stopping point
+        values["train"] = {**trained, **dict(self.train), "test_every_epoch": True}
+        values["name"] = self.name
+        return values
+
+    def importable(self) -> None:
+        """Put the problem's folder on sys.path: its user code imports as the CLI run from there does."""
+        if str(self.folder) not in sys.path:
+            sys.path.insert(0, str(self.folder))
+
+    def spec(self) -> SearchSpec:
+        self.importable()
+        return parse_spec(self.search_values(), str(self.space_file))
+
+    def study_values(self, max_concurrent: int = 2) -> dict[str, Any]:
+        """The rst-tune study that builds the table: the baselines, then the design, at seeds 0 … k−1."""
+        values = self.search_values()
+        rho = values["train"].get("rho", 0.05)
+        baselines = [
+            {"label": label, "schedule": {"name": "constant", "params": {"p": p}}, "rho": rho}
+            for label, p in BASELINES.items()
+        ]
+        configurations = [
+            {"label": f"c{i:03d}", **c} for i, c in enumerate(design(self.spec(), self.configs))
+        ]
+        return {
+            "name": self.name,
+            "description": self.description,
+            "train": values["train"],
+            "configurations": baselines + configurations,
+            "seeds": self.seeds,
+            "seed": 0,
+            "max_concurrent": max_concurrent,
+            "resources": {"cpu": 1, "gpu": 0},
+        }
+
+
+def from_unit(dim: Dimension, u: float) -> Any:
+    """The value of `dim` at `u` in [0, 1): uniform in its scale (log or linear), on its grid."""
+    if dim.choices is not None:
+        return dim.choices[min(int(u * len(dim.choices)), len(dim.choices) - 1)]
+    if dim.log:
+        value = math.exp(math.log(dim.low) + u * (math.log(dim.high) - math.log(dim.low)))
+    else:
+        value = dim.low + u * (dim.high - dim.low)
+    if dim.step:
+        value = dim.low + round((value - dim.low) / dim.step) * dim.step
+    return int(round(value)) if dim.type == "int" else round(float(value), 4)
+
+
+def to_unit(dim: Dimension, value: Any) -> float:
+    """Where `value` lies in `dim`, in [0, 1] (its index's centre for choices)."""
+    if dim.choices is not None:
+        return (dim.choices.index(value) + 0.5) / len(dim.choices)
+    if dim.log:
+        return (math.log(value) - math.log(dim.low)) / (math.log(dim.high) - math.log(dim.low))
+    return (value - dim.low) / (dim.high - dim.low)
+
+
+def shape_width(spec: SearchSpec) -> int:
+    """The most searched shape parameters of any family."""
+    return max(sum(isinstance(v, Dimension) for v in f.params.values()) for f in spec.schedule.values())
+
+
+def design(spec: SearchSpec, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` configurations of `spec`'s space from a scrambled Sobol sequence: coordinate 0 picks the
+    family, the next `shape_width` its searched parameters in order, then each other dimension (an
+    optional one first draws on/off, each half the time). Training-config overrides, as a study's."""
+    families, shape = list(spec.schedule), shape_width(spec)
+    width = 1 + shape + sum(1 + d.optional for d in spec.dimensions.values())
+    configs = []
+    for row in qmc.Sobol(width, scramble=True, seed=seed).random(n):
+        family = families[min(int(row[0] * len(families)), len(families) - 1)]
+        shape_u = iter(row[1 : 1 + shape])
+        params = {
+            k: from_unit(v, next(shape_u)) if isinstance(v, Dimension) else v
+            for k, v in spec.schedule[family].params.items()
+        }
+        config: dict[str, Any] = {"schedule": {"name": family, "params": params}}
+        rest = iter(row[1 + shape :])
+        for key, dim in spec.dimensions.items():
+            on = next(rest) >= 0.5 if dim.optional else True
+            value = from_unit(dim, next(rest))
+            config[key] = value if on else None
+        configs.append(config)
+    return configs
+
+
+DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
+PROBLEMS: dict[str, Problem] = {
+    p.name: p
+    for p in (
+        Problem(
+            "mnist1d_noise",
+            "The default search's problem: MNIST-1D, 30 % label noise, mnist1d_cnn, 30 epochs.",
+            DEFAULT_SPACE,
+            DEFAULT_SPACE,
+        ),
+        Problem(
+            "tabular",
+            "examples/tabular: 6,000 rows of 40 features in 6 classes, an MLP with dropout, 20 epochs; "
+            "the default search's space.",
+            ROOT / "examples" / "tabular" / "search.yaml",
+            DEFAULT_SPACE,
+            folder=ROOT / "examples" / "tabular",
+            train=(("device", "cpu"),),
+            design_seed=1,
+        ),
+    )
+}

@@ -1,0 +1,111 @@
+"""Replay searchers on an RST-Bench table: every (searcher, stopping rule, workers, search seed), each
+a line of JSON in the results file. Run it again and it adds only what the file lacks.
+
+    python benchmarks/rst_bench_replay.py mnist1d_noise                 # the full grid
+    python benchmarks/rst_bench_replay.py tabular --searchers gp --seeds 20 --stopping none
+
+The rules of a replay are in benchmarks/rst_bench/replay.py; the report is rst_bench_report.py.
+"""
+
+import argparse
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from rst_bench.problems import PROBLEMS, TABLES
+from rst_bench.searchers import SEARCHERS, STOPPING, searcher
+from rst_bench.table import load_table
+
+RESULTS = Path(__file__).resolve().parent / "rst_bench" / "results"
+PIPELINE_SAMPLES = (6, 9, 12, 18, 24, 36)  # the pipeline's budget is its trial count; 12 is its default
+_replay = None
+
+
+def _start(problem: str, table_path: str) -> None:
+    global _replay
+    import optuna
+    from rst_bench.replay import Replay
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    _replay = Replay(load_table(table_path, PROBLEMS[problem]), PROBLEMS[problem].spec())
+
+
+def _run(job: dict) -> dict:
+    started = time.perf_counter()
+    trace = _replay.run(
+        searcher(job["searcher"]),
+        job["stopping"],
+        job["workers"],
+        job["seed"],
+        job["budget"],
+        job["num_samples"],
+    )
+    return {
+        **job,
+        "curve": [[round(c, 5), round(v, 6), round(o, 6)] for c, v, o in trace.curve],
+        "compute": trace.compute,
+        "seconds": trace.seconds,
+        "trials": trace.trials,
+        "pruned": trace.pruned,
+        "reported": trace.reported,
+        "replay_s": time.perf_counter() - started,
+    }
+
+
+def key(job: dict) -> tuple:
+    return tuple(job[k] for k in ("searcher", "stopping", "workers", "seed", "budget", "num_samples"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("problem", choices=sorted(PROBLEMS))
+    parser.add_argument("--table", type=Path, help="default: benchmarks/rst_bench/tables/NAME.parquet")
+    parser.add_argument("--searchers", nargs="+", default=list(SEARCHERS))
+    parser.add_argument("--stopping", nargs="+", default=list(STOPPING), choices=list(STOPPING))
+    parser.add_argument("--workers", nargs="+", type=int, default=[2, 8])
+    parser.add_argument("--seeds", type=int, default=20, help="search seeds 0 … N−1")
+    parser.add_argument(
+        "--budget", type=float, default=36.0, help="SAM-equivalents an Optuna searcher may spend"
+    )
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, help="default: benchmarks/rst_bench/results/NAME.jsonl")
+    args = parser.parse_args()
+    for name in args.searchers:
+        searcher(name)  # a bad name stops here, before anything runs
+    table = args.table or TABLES / f"{args.problem}.parquet"
+    out = args.out or RESULTS / f"{args.problem}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {key(json.loads(line)) for line in out.read_text().splitlines()} if out.exists() else set()
+    jobs = []
+    for name, stopping, workers, seed in itertools.product(
+        args.searchers, args.stopping, args.workers, range(args.seeds)
+    ):
+        for samples in PIPELINE_SAMPLES if searcher(name).pipeline else (None,):
+            job = {"searcher": name, "stopping": stopping, "workers": workers, "seed": seed}
+            job |= {"budget": args.budget, "num_samples": samples}
+            if key(job) not in done:
+                jobs.append(job)
+    print(f"{args.problem}: {len(jobs)} replays to run ({len(done)} in {out} already)", flush=True)
+    started = time.perf_counter()
+    with multiprocessing.Pool(args.jobs, _start, (args.problem, str(table))) as pool, open(out, "a") as f:
+        for i, result in enumerate(pool.imap_unordered(_run, jobs), 1):
+            f.write(json.dumps(result) + "\n")
+            f.flush()
+            if i % 50 == 0 or i == len(jobs):
+                print(f"  {i}/{len(jobs)} replays, {time.perf_counter() - started:.0f} s", flush=True)
+    print(
+        f"{args.problem}: {len(jobs)} replays in {time.perf_counter() - started:.1f} s, {args.jobs} processes"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The report of the replays: per problem and worker count, each searcher's anytime curve (IQM over
+search seeds, 95 % bootstrap interval), the compute it needs to reach 80 / 90 / 95 % of the oracle
+hypervolume, and its optimism gap; a Markdown table and benchmarks/search_efficiency.png.
+
+    python benchmarks/rst_bench_report.py mnist1d_noise tabular
+"""
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from rst_bench.metric import compute_to_reach, iqm, iqm_interval
+from rst_bench.problems import PROBLEMS
+
+RESULTS = Path(__file__).resolve().parent / "rst_bench" / "results"
+PLOT = Path(__file__).resolve().parent / "search_efficiency.png"
+LEVELS = (0.8, 0.9, 0.95)
+AT = (
+    9.0,
+    18.0,
+    36.0,
+)  # SAM-equivalents at which values are tabulated (18: today's default spends about that)
+
+
+def value_at(curve: list, compute: float) -> float:
+    return next((v for c, v, _ in reversed(curve) if c <= compute), 0.0)
+
+
+def gap_at(curve: list, compute: float) -> float:
+    return next((o - v for c, v, o in reversed(curve) if c <= compute), 0.0)
+
+
+def median_reach(values: list[float]) -> str:
+    reached = sum(math.isfinite(v) for v in values)
+    median = float(np.median(values))
+    return f"{median:.1f}" if math.isfinite(median) else f"– ({reached}/{len(values)})"
+
+
+def cell(values) -> str:
+    mid, low, high = iqm_interval(values)
+    return f"{mid:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def summarise(results: list[dict]) -> tuple[list[str], dict]:
+    """Markdown rows per (searcher, stopping, workers), and the curves to plot."""
+    groups = defaultdict(list)
+    for r in results:
+        groups[(r["searcher"], r["stopping"], r["workers"], r["num_samples"])].append(r)
+    lines, curves = [], {}
+    header = (
+        "| workers | searcher | stopping | "
+        + " | ".join(f"value at {a:g}" for a in AT)
+        + " | "
+        + " | ".join(f"to {int(100 * level)} %" for level in LEVELS)
+        + " | optimism gap | trials (pruned) |"
+    )
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    grid = np.linspace(0, max(AT), 145)
+    for (name, stopping, workers, samples), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1], kv[0][3] or 0)
+    ):
+        if samples is None:
+            values = {a: [value_at(r["curve"], a) for r in runs] for a in AT}
+            reach = [
+                median_reach([compute_to_reach([(c, v) for c, v, _ in r["curve"]], lv) for r in runs])
+                for lv in LEVELS
+            ]
+            gap = iqm([gap_at(r["curve"], max(AT)) for r in runs])
+            label = name
+            matrix = np.array([[value_at(r["curve"], g) for g in grid] for r in runs])
+            curves[(name, stopping, workers)] = (grid, *iqm_interval(matrix, resamples=1000))
+            cells = [cell(values[a]) for a in AT]
+            trials = (
+                f"{np.median([r['trials'] for r in runs]):.0f} ({np.median([r['pruned'] for r in runs]):.0f})"
+            )
+        else:
+            finals = [r["curve"][-1][1] if r["curve"] else 0.0 for r in runs]
+            compute = [r["compute"] for r in runs]
+            label = f"{name} ({samples} trials + confirmation)"
+            cells = [f"{cell(finals)} at {np.median(compute):.1f}", "", ""]
+            reach = ["", "", ""]
+            gap = iqm([r["curve"][-1][2] - r["curve"][-1][1] for r in runs if r["curve"]])
+            trials = (
+                f"{np.median([r['trials'] for r in runs]):.0f} ({np.median([r['pruned'] for r in runs]):.0f})"
+            )
+            curves.setdefault((name, stopping, workers), []).append(
+                (np.median(compute), *iqm_interval(finals))
+            )
+        lines.append(
+            f"| {workers} | {label} | {stopping} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(reach)
+            + f" | {gap:+.3f} | {trials} |"
+        )
+    return lines, curves
+
+
+def pipeline_reach(results: list[dict]) -> list[str]:
+    """The pipeline's compute to reach each level: per seed, the cheapest trial count that reaches it."""
+    lines = []
+    by = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        if r["num_samples"] is not None:
+            by[(r["searcher"], r["stopping"], r["workers"])][r["seed"]].append(
+                (r["compute"], r["curve"][-1][1] if r["curve"] else 0.0)
+            )
+    for (name, stopping, workers), seeds in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+        reach = []
+        for level in LEVELS:
+            per_seed = [min((c for c, v in runs if v >= level), default=math.inf) for runs in seeds.values()]
+            reach.append(median_reach(per_seed))
+        lines.append(f"| {workers} | {name} | {stopping} | " + " | ".join(reach) + " |")
+    return lines
+
+
+def plot(all_curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = list(all_curves)
+    workers = sorted({k[2] for curves in all_curves.values() for k in curves})
+    fig, axes = plt.subplots(
+        len(problems), len(workers), figsize=(6.5 * len(workers), 4.2 * len(problems)), squeeze=False, dpi=110
+    )
+    colours = dict(zip(["random", "tpe", "tpe_mv", "nsga2", "gp", "rst_tune"], plt.cm.tab10.colors))
+    styles = {"none": "-", "asha": "--", "pareto_fair": ":"}
+    for i, problem in enumerate(problems):
+        for j, w in enumerate(workers):
+            ax = axes[i][j]
+            for (name, stopping, ww), data in sorted(all_curves[problem].items()):
+                if ww != w:
+                    continue
+                colour = colours.get(name, "black")
+                if isinstance(data, list):
+                    data.sort()
+                    xs = [d[0] for d in data]
+                    ax.errorbar(
+                        xs,
+                        [d[1] for d in data],
+                        yerr=[[d[1] - d[2] for d in data], [d[3] - d[1] for d in data]],
+                        color=colour,
+                        linestyle=styles[stopping],
+                        marker="o",
+                        ms=4,
+                        capsize=2,
+                        label=f"{name} pipeline, {stopping}",
+                    )
+                else:
+                    grid, mid, low, high = data
+                    ax.plot(grid, mid, color=colour, linestyle=styles[stopping], label=f"{name}, {stopping}")
+                    ax.fill_between(grid, low, high, color=colour, alpha=0.08)
+            for level in (0.9,):
+                ax.axhline(level, color="0.5", lw=0.6)
+            ax.set_xlim(0, max(AT))
+            ax.set_ylim(0, 1.02)
+            ax.set_title(f"{problem}, {w} workers")
+            ax.set_xlabel("compute spent (SAM-equivalents: full trainings at p ≡ 1)")
+            ax.set_ylabel("hypervolume of the reported front / oracle")
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, ncol=2, loc="lower right")
+    fig.suptitle("RST-Bench replays: IQM over search seeds, 95 % bootstrap band", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("problems", nargs="+", choices=sorted(PROBLEMS))
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--plot", type=Path, default=PLOT)
+    args = parser.parse_args()
+    out, all_curves = [], {}
+    for problem in args.problems:
+        results = [json.loads(line) for line in (args.results / f"{problem}.jsonl").read_text().splitlines()]
+        seeds = len({r["seed"] for r in results})
+        lines, curves = summarise(results)
+        all_curves[problem] = curves
+        out += [f"### {problem}: {len(results)} replays, {seeds} search seeds", "", *lines, ""]
+        out += [
+            "rst-tune's pipeline, SAM-equivalents to reach each level (median over seeds; per seed the "
+            "cheapest trial count that reaches it):",
+            "",
+            "| workers | searcher | stopping | to 80 % | to 90 % | to 95 % |",
+            "|---|---|---|---|---|---|",
+            *pipeline_reach(results),
+            "",
+        ]
+        replay_s = [r["replay_s"] for r in results]
+        out += [
+            f"Replay time: median {np.median(replay_s):.2f} s, total {sum(replay_s) / 60:.1f} CPU-min.",
+            "",
+        ]
+    text = "\n".join(out)
+    (args.results / "search_efficiency.md").write_text(text)
+    print(text)
+    plot(all_curves, args.plot)
+    print(f"wrote {args.results / 'search_efficiency.md'} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
