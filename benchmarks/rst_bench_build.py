@@ -52,12 +52,20 @@ def main() -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     run_dir = (args.work_dir / problem.name).resolve()
     cli = [sys.executable, "-m", "rst_tune.cli", "study"]
+    planned = problem.study_values(args.max_concurrent)
     if (run_dir / "study.yaml").is_file():
+        started = yaml.safe_load((run_dir / "study.yaml").read_text())
+        differ = [key for key in ("train", "configurations", "seeds") if started.get(key) != planned[key]]
+        if differ:
+            print(
+                f"{run_dir} was started with other {', '.join(differ)}: resume it with the options it was "
+                "started with, or give another --work-dir"
+            )
+            return 2
         command = [*cli, "--resume", str(run_dir)]
     else:
         study_file = (args.work_dir / f"{problem.name}.study.yaml").resolve()
-        values = problem.study_values(args.max_concurrent)
-        study_file.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
+        study_file.write_text(yaml.safe_dump(planned, sort_keys=False, allow_unicode=True))
         command = [*cli, str(study_file), "--results-dir", str(run_dir.parent), "--name", problem.name]
     attempts = args.work_dir / f"{problem.name}.build.jsonl"
     started = time.time()

@@ -41,9 +41,8 @@ def shape_of(table: Table, c: int) -> tuple[float, float, float]:
     }
     schedule = make_schedule(table.families[c], **params)
     p = np.array([schedule(t) for t in GRID])
-    mean = float(p.mean())
-    centre = float((GRID * p).mean() / mean) if mean > 0 else 0.5
-    return mean, centre, float(p[0] - p[-1])
+    centre = float((GRID * p).mean() / p.mean()) if p.mean() > 0 else 0.5
+    return float(table.expected_cost[c] - 1), centre, float(p[0] - p[-1])
 
 
 def features(table: Table, shape: bool) -> np.ndarray:
@@ -56,8 +55,13 @@ def features(table: Table, shape: bool) -> np.ndarray:
         weight = table.settings["grst_weight"][c]
         on = 0.0 if math.isnan(weight) else 1.0
         w = math.log(weight) if on else 0.0
-        x = [p_bar, rho, on, w]
-        quad = [x[i] * x[j] for i in range(4) for j in range(i, 4) if not (i == j == 2)]
+        x = [p_bar, rho, on, w]  # w is 0 where G-RST is off, so on·w would repeat it
+        quad = [
+            x[i] * x[j]
+            for i in range(4)
+            for j in range(i, 4)
+            if 2 not in (i, j) or (i, j) in ((0, 2), (1, 2))
+        ]
         row = [1.0, *x, *quad]
         if shape:
             row += [float(table.families[c] == f) for f in families[1:]]
@@ -98,9 +102,9 @@ def answers(table: Table) -> list[str]:
         f"F = {f:.2f}, p = {p:.3g}.",
     ]
     off = np.isnan(table.settings["grst_weight"])
-    searched = np.arange(len(y)) >= 2
-    rst, grst = np.flatnonzero(off & searched), np.flatnonzero(~off & searched)
     sgd, sam = table.index("SGD"), table.index("SAM")
+    searched = ~np.isin(np.arange(len(y)), [sgd, sam])
+    rst, grst = np.flatnonzero(off & searched), np.flatnonzero(~off & searched)
     hv = {name: truth.value([*rows, sgd, sam]) for name, rows in (("RST", rst), ("G-RST", grst))}
     lines.append(
         f"**G-RST against RST.** Front of RST alone (with SGD and SAM): {hv['RST']:.3f} of the oracle "

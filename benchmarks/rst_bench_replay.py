@@ -17,23 +17,22 @@ import time
 import warnings
 from pathlib import Path
 
+import optuna
 from rst_bench.problems import PROBLEMS, TABLES
+from rst_bench.replay import Replay
 from rst_bench.searchers import SEARCHERS, STOPPING, searcher
-from rst_bench.table import load_table
+from rst_bench.table import Table, TableError, load_table
 
 RESULTS = Path(__file__).resolve().parent / "rst_bench" / "results"
 PIPELINE_SAMPLES = (6, 9, 12, 18, 24, 36)  # the pipeline's budget is its trial count; 12 is its default
 _replay = None
 
 
-def _start(problem: str, table_path: str) -> None:
+def _start(problem: str, table: Table) -> None:
     global _replay
-    import optuna
-    from rst_bench.replay import Replay
-
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    _replay = Replay(load_table(table_path, PROBLEMS[problem]), PROBLEMS[problem].spec())
+    _replay = Replay(table, PROBLEMS[problem].spec())
 
 
 def _run(job: dict) -> dict:
@@ -80,7 +79,11 @@ def main() -> int:
     args = parser.parse_args()
     for name in args.searchers:
         searcher(name)  # a bad name stops here, before anything runs
-    table = args.table or TABLES / f"{args.problem}.parquet"
+    try:  # read here, so that a bad table stops the script rather than every worker
+        table = load_table(args.table or TABLES / f"{args.problem}.parquet", PROBLEMS[args.problem])
+    except TableError as err:
+        print(err)
+        return 2
     out = args.out or RESULTS / f"{args.problem}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {key(json.loads(line)) for line in out.read_text().splitlines()} if out.exists() else set()
@@ -90,12 +93,12 @@ def main() -> int:
     ):
         for samples in PIPELINE_SAMPLES if searcher(name).pipeline else (None,):
             job = {"searcher": name, "stopping": stopping, "workers": workers, "seed": seed}
-            job |= {"budget": args.budget, "num_samples": samples}
+            job |= {"budget": None if samples else args.budget, "num_samples": samples}
             if key(job) not in done:
                 jobs.append(job)
     print(f"{args.problem}: {len(jobs)} replays to run ({len(done)} in {out} already)", flush=True)
     started = time.perf_counter()
-    with multiprocessing.Pool(args.jobs, _start, (args.problem, str(table))) as pool, open(out, "a") as f:
+    with multiprocessing.Pool(args.jobs, _start, (args.problem, table)) as pool, open(out, "a") as f:
         for i, result in enumerate(pool.imap_unordered(_run, jobs), 1):
             f.write(json.dumps(result) + "\n")
             f.flush()

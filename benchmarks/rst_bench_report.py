@@ -45,12 +45,21 @@ def cell(values) -> str:
     return f"{mid:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def final(run: dict) -> tuple[float, float]:
+    """(value, optimism gap) of a run's last reported front."""
+    return (run["curve"][-1][1], run["curve"][-1][2] - run["curve"][-1][1]) if run["curve"] else (0.0, 0.0)
+
+
 def summarise(results: list[dict]) -> tuple[list[str], dict]:
-    """Markdown rows per (searcher, stopping, workers), and the curves to plot."""
+    """Markdown rows per (workers, searcher, stopping, budget or trial count), and the curves to plot.
+    An Optuna searcher's row: its value at fixed compute, its median compute to reach each level, its
+    optimism gap at the end of its budget. The pipeline's: a row per trial count (value and median
+    compute at its end); it reaches a level at the first trial count whose IQM value does."""
     groups = defaultdict(list)
     for r in results:
-        groups[(r["searcher"], r["stopping"], r["workers"], r["num_samples"])].append(r)
-    lines, curves = [], {}
+        groups[(r["workers"], r["searcher"], r["stopping"], r["budget"] or 0, r["num_samples"] or 0)].append(
+            r
+        )
     header = (
         "| workers | searcher | stopping | "
         + " | ".join(f"value at {a:g}" for a in AT)
@@ -58,38 +67,29 @@ def summarise(results: list[dict]) -> tuple[list[str], dict]:
         + " | ".join(f"to {int(100 * level)} %" for level in LEVELS)
         + " | optimism gap | trials (pruned) |"
     )
-    lines += [header, "|" + "---|" * (header.count("|") - 1)]
-    grid = np.linspace(0, max(AT), 145)
-    for (name, stopping, workers, samples), runs in sorted(
-        groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1], kv[0][3] or 0)
-    ):
-        if samples is None:
-            values = {a: [value_at(r["curve"], a) for r in runs] for a in AT}
+    lines, curves, pipeline = [header, "|" + "---|" * (header.count("|") - 1)], {}, defaultdict(list)
+    for (workers, name, stopping, budget, samples), runs in sorted(groups.items()):
+        trials = (
+            f"{np.median([r['trials'] for r in runs]):.0f} ({np.median([r['pruned'] for r in runs]):.0f})"
+        )
+        if not samples:
+            label = name if budget == max(AT) else f"{name} (budget {budget:g})"
+            cells = [cell([value_at(r["curve"], a) for r in runs]) if a <= budget else "–" for a in AT]
             reach = [
                 median_reach([compute_to_reach([(c, v) for c, v, _ in r["curve"]], lv) for r in runs])
                 for lv in LEVELS
             ]
-            gap = iqm([gap_at(r["curve"], max(AT)) for r in runs])
-            label = name
+            gap = iqm([gap_at(r["curve"], budget) for r in runs])
+            grid = np.linspace(0, budget, int(4 * budget) + 1)
             matrix = np.array([[value_at(r["curve"], g) for g in grid] for r in runs])
             curves[(name, stopping, workers)] = (grid, *iqm_interval(matrix, resamples=1000))
-            cells = [cell(values[a]) for a in AT]
-            trials = (
-                f"{np.median([r['trials'] for r in runs]):.0f} ({np.median([r['pruned'] for r in runs]):.0f})"
-            )
         else:
-            finals = [r["curve"][-1][1] if r["curve"] else 0.0 for r in runs]
-            compute = [r["compute"] for r in runs]
+            values = [final(r)[0] for r in runs]
+            compute = float(np.median([r["compute"] for r in runs]))
             label = f"{name} ({samples} trials + confirmation)"
-            cells = [f"{cell(finals)} at {np.median(compute):.1f}", "", ""]
-            reach = ["", "", ""]
-            gap = iqm([r["curve"][-1][2] - r["curve"][-1][1] for r in runs if r["curve"]])
-            trials = (
-                f"{np.median([r['trials'] for r in runs]):.0f} ({np.median([r['pruned'] for r in runs]):.0f})"
-            )
-            curves.setdefault((name, stopping, workers), []).append(
-                (np.median(compute), *iqm_interval(finals))
-            )
+            cells, reach = [f"{cell(values)} at {compute:.1f}", "", ""], ["", "", ""]
+            gap = iqm([final(r)[1] for r in runs])
+            pipeline[(workers, name, stopping)].append((samples, compute, *iqm_interval(values)))
         lines.append(
             f"| {workers} | {label} | {stopping} | "
             + " | ".join(cells)
@@ -97,25 +97,19 @@ def summarise(results: list[dict]) -> tuple[list[str], dict]:
             + " | ".join(reach)
             + f" | {gap:+.3f} | {trials} |"
         )
-    return lines, curves
-
-
-def pipeline_reach(results: list[dict]) -> list[str]:
-    """The pipeline's compute to reach each level: per seed, the cheapest trial count that reaches it."""
-    lines = []
-    by = defaultdict(lambda: defaultdict(list))
-    for r in results:
-        if r["num_samples"] is not None:
-            by[(r["searcher"], r["stopping"], r["workers"])][r["seed"]].append(
-                (r["compute"], r["curve"][-1][1] if r["curve"] else 0.0)
-            )
-    for (name, stopping, workers), seeds in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1])):
-        reach = []
-        for level in LEVELS:
-            per_seed = [min((c for c, v in runs if v >= level), default=math.inf) for runs in seeds.values()]
-            reach.append(median_reach(per_seed))
+    lines += [
+        "",
+        "rst-tune's pipeline: SAM-equivalents (median) at the first trial count whose IQM reaches a level:",
+        "",
+        "| workers | searcher | stopping | to 80 % | to 90 % | to 95 % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (workers, name, stopping), points in sorted(pipeline.items()):
+        points.sort()
+        reach = [next((f"{c:.1f} ({n} trials)" for n, c, v, _, _ in points if v >= lv), "–") for lv in LEVELS]
         lines.append(f"| {workers} | {name} | {stopping} | " + " | ".join(reach) + " |")
-    return lines
+        curves[(name, stopping, workers)] = [(c, v, lo, hi) for _, c, v, lo, hi in points]
+    return lines, curves
 
 
 def plot(all_curves: dict, path: Path) -> None:
@@ -186,15 +180,6 @@ def main() -> int:
         lines, curves = summarise(results)
         all_curves[problem] = curves
         out += [f"### {problem}: {len(results)} replays, {seeds} search seeds", "", *lines, ""]
-        out += [
-            "rst-tune's pipeline, SAM-equivalents to reach each level (median over seeds; per seed the "
-            "cheapest trial count that reaches it):",
-            "",
-            "| workers | searcher | stopping | to 80 % | to 90 % | to 95 % |",
-            "|---|---|---|---|---|---|",
-            *pipeline_reach(results),
-            "",
-        ]
         replay_s = [r["replay_s"] for r in results]
         out += [
             f"Replay time: median {np.median(replay_s):.2f} s, total {sum(replay_s) / 60:.1f} CPU-min.",

@@ -33,6 +33,7 @@ from rst_tune.search.space import DefineByRun
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS, STEPS, SEEDS = 4, 10, 3
+SYNTHETIC = dataclasses.replace(PROBLEMS["tabular"], configs=32)  # its space and design, 32 rows
 OFFSETS = (-0.02, 0.0, 0.02)  # per seed; they sum to zero, so a seed mean is the known mean
 
 
@@ -41,16 +42,15 @@ def known_mean(p_bar: float, rho: float, grst: float | None) -> float:
     return 0.6 + 0.1 * p_bar - 0.02 * math.log(rho / 0.15) ** 2 + (0.01 if grst is not None else 0.0)
 
 
-def synthetic(path: Path, configs: int = 32) -> tuple[list[float], list[float]]:
-    """A table of the tabular problem's space in the real format: SGD, SAM and `configs` designed
-    rows; returns each row's known mean accuracy and cost ratio."""
-    problem = PROBLEMS["tabular"]
+def synthetic(path: Path, problem=SYNTHETIC) -> tuple[list[float], list[float]]:
+    """A table of `problem` in the real format (SGD, SAM and its designed rows, `SEEDS` seeds,
+    `EPOCHS` epochs); returns each row's known mean accuracy and cost ratio."""
     spec = problem.spec()
     rows = [
         {"schedule": {"name": "constant", "params": {"p": p}}, "rho": 0.15, "grst_weight": None}
         for p in (0.0, 1.0)
-    ] + design(spec, configs)
-    columns = empty_columns(setting_columns(problem.search_values()))
+    ] + design(spec, problem.configs, problem.design_seed)
+    columns = empty_columns(setting_columns(problem.identity()))
     means, costs = [], []
     for c, row in enumerate(rows):
         built = make_schedule(row["schedule"]["name"], **row["schedule"]["params"])
@@ -83,8 +83,9 @@ def synthetic(path: Path, configs: int = 32) -> tuple[list[float], list[float]]:
                 (k, k),
                 epochs,
             )
-    search = {k: v for k, v in problem.search_values().items() if k in ("train", "space")}
-    write_table(path, columns, {"problem": "tabular", "search": search, "machine": "synthetic"})
+    write_table(
+        path, columns, {"problem": problem.name, "search": problem.identity(), "machine": "synthetic"}
+    )
     return means, costs
 
 
@@ -96,7 +97,7 @@ def table_file(tmp_path_factory):
 
 def test_the_metric_scores_the_oracle_one_and_sgd_zero(table_file):
     path, means, costs = table_file
-    table = load_table(path, PROBLEMS["tabular"])
+    table = load_table(path, SYNTHETIC)
     truth = Truth.of(table)
     np.testing.assert_allclose(truth.accuracy, means, atol=1e-6)  # float32 storage
     np.testing.assert_allclose(truth.cost, costs, atol=1e-6)
@@ -178,7 +179,9 @@ def test_a_corrupt_or_foreign_table_is_refused_in_one_line(table_file, tmp_path)
     with pytest.raises(TableError) as err:
         load_table(broken)
     assert "\n" not in str(err.value) and str(broken) in str(err.value)
-    other = dataclasses.replace(PROBLEMS["tabular"], space_file=ROOT / "examples" / "tabular" / "search.yaml")
+    with pytest.raises(TableError, match=r"built for another design than tabular's \(configs differ\)"):
+        load_table(path, PROBLEMS["tabular"])
+    other = dataclasses.replace(SYNTHETIC, space_file=ROOT / "examples" / "tabular" / "search.yaml")
     with pytest.raises(
         TableError, match=r"built for another space than tabular's \(grst_weight, rho, schedule differ\)"
     ):
@@ -187,7 +190,7 @@ def test_a_corrupt_or_foreign_table_is_refused_in_one_line(table_file, tmp_path)
 
 def test_replay_counts_pruned_epochs_and_confirmation_seeds(table_file):
     path, means, costs = table_file
-    table = load_table(path, PROBLEMS["tabular"])
+    table = load_table(path, SYNTHETIC)
     spec = PROBLEMS["tabular"].spec()
     replay = Replay(table, spec)
     per_trial = lambda row, epochs: costs[row] / 2 * epochs / EPOCHS  # noqa: E731  closed form
@@ -261,3 +264,14 @@ def test_searchers_by_name_and_any_optuna_sampler():
         searcher("tpee")
     with pytest.raises(ValueError, match="optuna.samplers has no sampler 'Nope'"):
         searcher("optuna:Nope")
+
+
+def test_replay_time_advances_by_the_recorded_device_seconds(table_file):
+    """One worker: the trials run back to back, so the replay's clock is the sum of their recorded
+    seconds (0.1 s × epochs × cost ratio here); three workers overlap them."""
+    path, _, costs = table_file
+    replay = Replay(load_table(path), PROBLEMS["tabular"].spec())
+    alone = replay.run(SEARCHERS["random"], "none", workers=1, seed=2, budget=4.0)
+    assert alone.seconds == pytest.approx(sum(0.1 * epochs * costs[row] for row, _, epochs in alone.trained))
+    together = replay.run(SEARCHERS["random"], "none", workers=3, seed=2, budget=4.0)
+    assert together.seconds < 0.5 * sum(0.1 * epochs * costs[row] for row, _, epochs in together.trained)

@@ -37,6 +37,15 @@ class Problem:
     seeds: int = 3
     design_seed: int = 0
 
+    def identity(self) -> dict[str, Any]:
+        """What a table of this problem must have been built from: its training, space and design."""
+        values = self.search_values()
+        return {
+            "train": values["train"],
+            "space": values["space"],
+            "design": {"configs": self.configs, "seeds": self.seeds, "design_seed": self.design_seed},
+        }
+
     def search_values(self) -> dict[str, Any]:
         """The search file whose space the table covers: the space file with this problem's training."""
         values = yaml.safe_load(self.space_file.read_text())
@@ -63,9 +72,8 @@ class Problem:
             {"label": label, "schedule": {"name": "constant", "params": {"p": p}}, "rho": rho}
             for label, p in BASELINES.items()
         ]
-        configurations = [
-            {"label": f"c{i:03d}", **c} for i, c in enumerate(design(self.spec(), self.configs))
-        ]
+        designed = design(self.spec(), self.configs, self.design_seed)
+        configurations = [{"label": f"c{i:03d}", **c} for i, c in enumerate(designed)]
         return {
             "name": self.name,
             "description": self.description,

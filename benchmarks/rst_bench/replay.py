@@ -208,17 +208,15 @@ class Replay:
             last = epoch == self.epochs
             decision = scheduler.on_trial_result(None, run.ray_trial, result)
             if not last and decision != TrialScheduler.STOP:
-                heapq.heappush(
-                    events,
-                    (now + self._seconds(run, epoch + 1) - self._seconds(run, epoch), order, epoch + 1),
-                )
+                heapq.heappush(events, (run.started + self._seconds(run, epoch + 1), order, epoch + 1))
                 continue
             del running[order]
             trace.trained.append((run.row, "search", epoch))
             for key in EpochMetrics.from_mapping(result):
                 run.trial.set_user_attr(key, result[key])
+            # Ray Tune tells a scheduler of a trial it stopped as of one that completed
+            scheduler.on_trial_complete(None, run.ray_trial, result)
             if last:
-                scheduler.on_trial_complete(None, run.ray_trial, result)
                 study.tell(run.trial, [result["val_accuracy"], result["propagations"]])
                 complete.append(
                     (result["val_accuracy"], result["propagations"], run.row, result["cost_ratio"])
@@ -226,7 +224,6 @@ class Replay:
                 if not searcher.pipeline:
                     self._report(trace, complete)
             else:
-                scheduler.on_trial_remove(None, run.ray_trial)
                 study.tell(run.trial, state=TrialState.PRUNED)
                 trace.pruned += 1
                 if not searcher.pipeline:  # compute moved on, the front did not

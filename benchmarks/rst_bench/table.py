@@ -111,13 +111,21 @@ def _epochs(trial_dir: Path) -> list[dict[str, Any]]:
 
 
 def _attempts(log: Path) -> dict[str, Any]:
+    """The build's attempts: how many, how many were interrupted (no end logged; each is counted up to
+    the next attempt's start), their wall time, and the machine of each."""
     events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    wall, interrupted = 0.0, 0
+    for event, after in zip(events, [*events[1:], None]):
+        if event["event"] == "start":
+            ended = after is not None and after["event"] == "end"
+            interrupted += not ended
+            wall += after["wall_s"] if ended else (after["time"] - event["time"] if after else 0.0)
     starts = [e for e in events if e["event"] == "start"]
     return {
         "attempts": len(starts),
-        "wall_s": sum(e["wall_s"] for e in events if e["event"] == "end"),
-        "interrupted": len(starts) - sum(e["event"] == "end" for e in events),
-        "machines": sorted({e["machine"] for e in starts}),
+        "interrupted": interrupted,
+        "wall_s": wall,
+        "machines": [e["machine"] for e in starts],
     }
 
 
@@ -175,8 +183,8 @@ def export(problem: Problem, run_dir: Path, attempts_log: Path, out: Path) -> Ta
     problem.importable()
     folder = RunFolder.existing(run_dir, "study")
     study = optuna.load_study(study_name=problem.name, storage=folder.study_storage())
-    search = {k: v for k, v in problem.search_values().items() if k in ("train", "space")}
-    settings = setting_columns(search)
+    identity = problem.identity()
+    settings = setting_columns(identity)
     done = [row for row in trial_rows(study) if row.state == "COMPLETE"]
     plan = yaml_plan(folder)
     missing = len(plan["configurations"]) * plan["seeds"] - len(done)
@@ -203,7 +211,7 @@ def export(problem: Problem, run_dir: Path, attempts_log: Path, out: Path) -> Ta
     meta = {
         "problem": problem.name,
         "description": problem.description,
-        "search": search,
+        "search": identity,
         "machine": _attempts(attempts_log)["machines"][-1],
         "build": _attempts(attempts_log),
         "stores_mb": {
@@ -236,15 +244,18 @@ def load_table(path: str | Path, problem: Problem | None = None) -> Table:
     (one line) otherwise."""
     try:
         data = pq.read_table(path)
-        meta = json.loads(data.schema.metadata[METADATA_KEY])
-    except (OSError, pa.ArrowException, KeyError, TypeError, ValueError) as err:
-        reason = f"no {METADATA_KEY.decode()} metadata" if isinstance(err, (KeyError, TypeError)) else err
+        meta = json.loads((data.schema.metadata or {})[METADATA_KEY])
+        meta["search"]["space"]
+    except (KeyError, TypeError) as err:
+        raise TableError(f"{path}: not an RST-Bench table (its metadata lacks {err})") from None
+    except (OSError, pa.ArrowException, ValueError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise TableError(f"{path}: not a readable RST-Bench table ({reason})") from None
     if meta.get("format") != FORMAT:
         raise TableError(f"{path}: table format {meta.get('format')!r}, this reader reads {FORMAT}")
     if problem is not None:
-        expected = {k: v for k, v in problem.search_values().items() if k in ("train", "space")}
-        for part in ("train", "space"):
+        expected = problem.identity()
+        for part in expected:
             if meta["search"].get(part) != expected[part]:
                 keys = sorted(
                     k
