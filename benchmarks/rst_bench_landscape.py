@@ -211,7 +211,7 @@ def main() -> int:
     for ax, name in zip(axes[0], args.problems):
         table = load_table(args.tables / f"{name}.parquet", PROBLEMS[name])
         text += [f"### {name}", "", table.summary(), "", *answers(table), ""]
-        plot_front(ax, table, f"{name}: {PROBLEMS[name].description}")
+        plot_front(ax, table, f"{name}: oracle front of {table.shape[0]} configurations")
     fig.tight_layout()
     fig.savefig(args.plot)
     args.out.parent.mkdir(parents=True, exist_ok=True)
