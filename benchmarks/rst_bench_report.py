@@ -112,6 +112,56 @@ def summarise(results: list[dict]) -> tuple[list[str], dict]:
     return lines, curves
 
 
+def headline(results: list[dict], workers: int) -> list[str]:
+    """One row per searcher at `workers`: IQM [95 % CI] of its value at 18 and 36 SAM-equivalents
+    without stopping, its median compute to 80 %, its value at 36 with ASHA and with pareto_fair, and
+    its optimism gap; the pipeline at its default 12 trials and at 24."""
+    runs = defaultdict(list)
+    for r in results:
+        if r["workers"] == workers:
+            runs[(r["searcher"], r["stopping"], r["num_samples"] or 0)].append(r)
+    lines = [
+        f"| searcher ({workers} workers) | at 18, no stopping | at 36, no stopping | to 80 % | at 36, ASHA "
+        "| at 36, pareto_fair | optimism gap |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["searcher"] for r in results):
+        if name == "rst_tune":
+            for samples in (12, 24):
+                base = runs.get((name, "none", samples))
+                if base:
+                    value, low, high = iqm_interval([final(r)[0] for r in base])
+                    compute = np.median([r["compute"] for r in base])
+                    stopped = [
+                        cell([final(r)[0] for r in runs[(name, rule, samples)]])
+                        if runs.get((name, rule, samples))
+                        else "–"
+                        for rule in ("asha", "pareto_fair")
+                    ]
+                    lines.append(
+                        f"| rst-tune pipeline, {samples} trials + confirmation | {value:.3f} "
+                        f"[{low:.3f}, {high:.3f}] at {compute:.1f} | | | {stopped[0]} | {stopped[1]} "
+                        "| +0.000 (by construction) |"
+                    )
+            continue
+        base = runs.get((name, "none", 0), [])
+        if not base:
+            continue
+        budget = base[0]["budget"]
+        at = [cell([value_at(r["curve"], a) for r in base]) if a <= budget else "–" for a in (18.0, 36.0)]
+        reach = median_reach([compute_to_reach([(c, v) for c, v, _ in r["curve"]], 0.8) for r in base])
+        stopped = [
+            cell([value_at(r["curve"], 36.0) for r in runs[(name, rule, 0)]])
+            if runs.get((name, rule, 0))
+            else "–"
+            for rule in ("asha", "pareto_fair")
+        ]
+        gap = iqm([gap_at(r["curve"], budget) for r in base])
+        label = name if budget >= 36 else f"{name} (budget {budget:g})"
+        lines.append(f"| {label} | {at[0]} | {at[1]} | {reach} | {stopped[0]} | {stopped[1]} | {gap:+.3f} |")
+    return lines
+
+
 def plot(all_curves: dict, path: Path) -> None:
     import matplotlib
 
@@ -179,7 +229,10 @@ def main() -> int:
         seeds = len({r["seed"] for r in results})
         lines, curves = summarise(results)
         all_curves[problem] = curves
-        out += [f"### {problem}: {len(results)} replays, {seeds} search seeds", "", *lines, ""]
+        out += [f"### {problem}: {len(results)} replays, {seeds} search seeds", ""]
+        for workers in sorted({r["workers"] for r in results}):
+            out += [*headline(results, workers), ""]
+        out += ["All rows:", "", *lines, ""]
         replay_s = [r["replay_s"] for r in results]
         out += [
             f"Replay time: median {np.median(replay_s):.2f} s, total {sum(replay_s) / 60:.1f} CPU-min.",

@@ -79,3 +79,19 @@ def test_a_study_without_trial_records_is_refused_with_a_reason(tmp_path):
     study.tell(trial, 0.5)
     with pytest.raises(ConfigError, match="Optuna trial 0 has no trial record: the run was made by an older"):
         trial_rows(study)
+
+
+def test_a_record_cut_short_by_a_killed_driver_reads_as_never_configured(tmp_path):
+    """The attributes of a record are written one at a time: a driver SIGKILLed between two of them
+    (seen in CI) leaves a RUNNING trial with part of its record, which must read as unconfigured."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db", study_name="s")
+    trial = study.ask()
+    attrs = RECORD.to_user_attrs()
+    for key in list(attrs)[:4]:  # train, expected_cost, seed, label
+        trial.set_user_attr(key, attrs[key])
+    (row,) = trial_rows(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/o.db"))
+    assert row.state == "RUNNING" and row.record is None and row.label == ""
+    for key in list(attrs)[4:]:
+        trial.set_user_attr(key, attrs[key])
+    (row,) = trial_rows(study)
+    assert row.record == RECORD.__class__(**{**RECORD.__dict__, "optuna_trial": trial.number})

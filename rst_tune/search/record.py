@@ -90,7 +90,9 @@ class TrialRow:
                 f"Optuna trial {trial.number} has no trial record: the run was made by an older "
                 "rst-tune; start it again"
             )
-        record = TrialRecord.from_user_attrs(trial.number, attrs) if "train" in attrs else None
+        # a driver killed while writing a record leaves part of it: the trial counts as never configured
+        configured = all(name in attrs for name in ("train", *_PLAIN_FIELDS))
+        record = TrialRecord.from_user_attrs(trial.number, attrs) if configured else None
         metrics = EpochMetrics.from_mapping(attrs) if all(name in attrs for name in EPOCH_METRICS) else None
         return cls(
             trial.number,
