@@ -40,14 +40,15 @@ def main() -> int:
     args = parser.parse_args()
     problem = PROBLEMS[args.problem]
     table = load_table(TABLES / f"{problem.name}.parquet", problem)
-    truth, lookup = Truth.of(table), Lookup(table, problem.spec())
+    expected = problem.spec()
+    truth, lookup = Truth.of(table), Lookup(table, expected)
     full_steps = float(np.median(table.final("steps")))
     replays = [json.loads(line) for line in (RESULTS / f"{problem.name}.jsonl").read_text().splitlines()]
     for run in args.runs:
         _, spec = read_run(run)
         if {k: v for k, v in spec.train.items() if k != "test_every_epoch"} != {
-            k: v for k, v in problem.spec().train.items() if k != "test_every_epoch"
-        } or spec.model_dump()["space"] != problem.spec().model_dump()["space"]:
+            k: v for k, v in expected.train.items() if k != "test_every_epoch"
+        } or spec.model_dump()["space"] != expected.model_dump()["space"]:
             print(f"{run}: not a search of {problem.name}'s training and space; skipped")
             continue
         report = confirmed_report(run)

@@ -114,10 +114,6 @@ class Trace:
         """(value, observed) of the last reported front; (0, 0) before any."""
         return self.curve[-1][1:] if self.curve else (0.0, 0.0)
 
-    def value_at(self, compute: float) -> float:
-        """The value of the front reported by `compute` SAM-equivalents (0 before any)."""
-        return next((v for c, v, _ in reversed(self.curve) if c <= compute), 0.0)
-
 
 @dataclass
 class _Run:
@@ -238,7 +234,10 @@ class Replay:
         return trace
 
     def _seconds(self, run: _Run, epoch: int) -> float:
-        return float(self.table.curves["device_seconds"][run.row, run.seed_index, epoch - 1])
+        return self._device_seconds(run.row, run.seed_index, epoch)
+
+    def _device_seconds(self, row: int, seed: int, epoch: int) -> float:
+        return float(self.table.curves["device_seconds"][row, seed, epoch - 1])
 
     def _report(self, trace: Trace, complete: list[tuple[float, float, int, float]]) -> None:
         """The front of the complete trials, as the search sees it, scored."""
@@ -262,7 +261,7 @@ class Replay:
                 trace.compute += self.cost[c, j, -1]
                 trace.trained.append((c, "confirm", self.epochs))
                 i = int(np.argmin(finish))
-                finish[i] += float(self.table.curves["device_seconds"][c, j, -1])
+                finish[i] += self._device_seconds(c, j, self.epochs)
                 config = row.record.train.model_copy(update={"seed": int(self.table.seeds[j])})
                 record = TrialRecord(
                     config, label, len(rows), row.baseline, configuration=label, seed_index=j

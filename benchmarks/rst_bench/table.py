@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from rst_bench.problems import ROOT, Problem
 from rst_tune.search.folder import RunFolder
 from rst_tune.search.record import trial_rows
+from rst_tune.study import read_study
 from rst_tune.train import METRICS
 
 FORMAT = 1
@@ -186,7 +187,7 @@ def export(problem: Problem, run_dir: Path, attempts_log: Path, out: Path) -> Ta
     identity = problem.identity()
     settings = setting_columns(identity)
     done = [row for row in trial_rows(study) if row.state == "COMPLETE"]
-    plan = yaml_plan(folder)
+    plan, _ = read_study(folder.path)
     missing = len(plan["configurations"]) * plan["seeds"] - len(done)
     if missing:
         raise TableError(
@@ -208,12 +209,13 @@ def export(problem: Problem, run_dir: Path, attempts_log: Path, out: Path) -> Ta
             (row.record.seed_index, train.seed),
             _epochs(Path(folder.experiment_path(None)) / row.ray_trial_id),
         )
+    build = _attempts(attempts_log)
     meta = {
         "problem": problem.name,
         "description": problem.description,
         "search": identity,
-        "machine": _attempts(attempts_log)["machines"][-1],
-        "build": _attempts(attempts_log),
+        "machine": build["machines"][-1],
+        "build": build,
         "stores_mb": {
             name: round((folder.path / name).stat().st_size / 1e6, 2) for name in ("optuna.db", "mlflow.db")
         },
@@ -231,12 +233,6 @@ def write_table(path: Path, columns: dict[str, list[Any]], meta: dict[str, Any])
     schema = schema.with_metadata({METADATA_KEY: json.dumps({"format": FORMAT, **meta})})
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns, schema=schema), path, compression="zstd", compression_level=9)
-
-
-def yaml_plan(folder: RunFolder) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(folder.spec_file.read_text())
 
 
 def load_table(path: str | Path, problem: Problem | None = None) -> Table:
