@@ -98,7 +98,7 @@ def _searcher(tmp_path, **settings):
         {"name": "parts", "train": {"epochs": 3}, "space": SPACE, "baselines": False, **settings}
     )
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study.db")
-    return RSTSearch(spec, storage, epochs=3), storage
+    return RSTSearch(spec, storage), storage
 
 
 def _final(epoch=3, accuracy=0.9, propagations=120, cost=1.5):
@@ -136,6 +136,20 @@ def test_searcher_tells_honest_states(tmp_path):
         trials["e"].state == TrialState.FAIL and "raised an error" in trials["e"].user_attrs["state_reason"]
     )
     assert not [t for t in searcher.study.get_trials() if t.state == TrialState.RUNNING]
+
+
+def test_a_trial_is_complete_when_it_ran_its_own_epochs(tmp_path):
+    """With `epochs` searched, a trial that ran the epochs it drew is COMPLETE, one stopped short of
+    them PRUNED, whatever `train.epochs` says."""
+    space = {**SPACE, "epochs": {"choices": [2, 4]}}
+    searcher, _ = _searcher(tmp_path, space=space, train={"epochs": 3})
+    drawn = {trial_id: searcher.suggest(trial_id)["train"]["epochs"] for trial_id in "abcdefgh"}
+    assert set(drawn.values()) == {2, 4}
+    short = next(trial_id for trial_id, epochs in drawn.items() if epochs == 4)
+    for trial_id, epochs in drawn.items():
+        searcher.on_trial_complete(trial_id, _final(epoch=3 if trial_id == short else epochs))
+    states = {t.user_attrs["ray_trial_id"]: t.state for t in searcher.study.get_trials()}
+    assert states == {t: TrialState.PRUNED if t == short else TrialState.COMPLETE for t in drawn}
 
 
 def test_searcher_reuses_trials_an_interrupted_driver_left_running(tmp_path):
@@ -239,7 +253,7 @@ def test_searcher_saved_and_restored_goes_on_where_it_was(tmp_path):
     searcher.on_trial_complete("a", _final())
     searcher.save(str(tmp_path / "searcher.pkl"))
     spec = parse_spec({"name": "parts", "train": {"epochs": 3}, "space": SPACE, "baselines": False})
-    restored = RSTSearch(spec, storage, epochs=3, enqueue=False)
+    restored = RSTSearch(spec, storage, enqueue=False)
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert restored.suggest("b") == configs["b"]  # Ray asks again for a trial it had
     restored.on_trial_complete("a", _final(accuracy=0.5))  # completed before the save: ignored

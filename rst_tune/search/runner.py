@@ -154,7 +154,7 @@ def run_trials(
     searcher, remaining = None, spec.num_samples
     if not restorable:  # a new run, or one interrupted before Ray saved its first experiment state
         fresh = not resume or not optuna.get_all_study_names(storage)
-        searcher = RSTSearch(spec, storage, spec.train_config().epochs, enqueue=fresh, space=plan.space)
+        searcher = RSTSearch(spec, storage, enqueue=fresh, space=plan.space)
         remaining -= ended(trial_rows(searcher.study))
     out(f"{'resuming' if resume else folder.kind} {plan.header}")
     for callback in callbacks:

@@ -42,16 +42,14 @@ def build_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
 
 
 class RSTSearch(Searcher):
-    """Trials of `spec` from the Optuna study `spec.name` in `storage`. `epochs` is the length of a full
-    trial; `enqueue` adds the spec's points to evaluate first (not when continuing a study that has
-    them already). `space`, the define-by-run function that makes a trial's record, defaults to the
-    spec's space."""
+    """Trials of `spec` from the Optuna study `spec.name` in `storage`; `enqueue` adds the spec's
+    points to evaluate first (not when continuing a study that has them already). `space`, the
+    define-by-run function that makes a trial's record, defaults to the spec's space."""
 
     def __init__(
         self,
         spec: SearchSpec,
         storage: optuna.storages.BaseStorage,
-        epochs: int,
         enqueue: bool = True,
         space: Callable[[optuna.Trial], TrialRecord] | None = None,
     ):
@@ -61,7 +59,7 @@ class RSTSearch(Searcher):
             metric=metric[0] if self.objective.scalar else metric,
             mode=mode[0] if self.objective.scalar else mode,
         )
-        self.budget, self.epochs = spec.budget, epochs
+        self.budget = spec.budget
         self.space = space or DefineByRun(spec)
         self.storage = storage
         self.study = optuna.create_study(
@@ -131,7 +129,7 @@ class RSTSearch(Searcher):
         result = result or last  # a trial that raised comes without its last result
         if self._told(trial):
             return  # told before the driver was interrupted
-        state, values, reason = self._outcome(result, error, failure)
+        state, values, reason = self._outcome(result, error, failure, self._records[trial_id].train.epochs)
         for key in METRICS:
             if result and key in result:
                 trial.set_user_attr(key, result[key])
@@ -147,9 +145,10 @@ class RSTSearch(Searcher):
         return self.storage.get_trial(trial_id).state.is_finished()
 
     def _outcome(
-        self, result: dict | None, error: bool, failure: str | None
+        self, result: dict | None, error: bool, failure: str | None, epochs: int
     ) -> tuple[TrialState, list[float] | None, str | None]:
-        """The state to tell Optuna of a trial whose last result (an epoch's metrics) is `result`."""
+        """The state to tell Optuna of a trial of `epochs` epochs whose last result (an epoch's metrics)
+        is `result`: complete when it ran its own epochs, which a search may have drawn."""
         if error or failure:
             return TrialState.FAIL, None, failure or "the trial raised an error (see error.txt in its folder)"
         if not result:
@@ -157,8 +156,8 @@ class RSTSearch(Searcher):
         values = self.objective.values(result)
         if not all(math.isfinite(v) for v in values):
             return TrialState.FAIL, None, f"non-finite result: {dict(zip(self.objective.metrics, values))}"
-        if result["epoch"] < self.epochs:
-            reason = f"stopped early by the scheduler after epoch {result['epoch']} of {self.epochs}"
+        if result["epoch"] < epochs:
+            reason = f"stopped early by the scheduler after epoch {result['epoch']} of {epochs}"
             return TrialState.PRUNED, None, reason
         return TrialState.COMPLETE, values, None
 
