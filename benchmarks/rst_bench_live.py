@@ -40,7 +40,7 @@ def main() -> int:
     args = parser.parse_args()
     problem = PROBLEMS[args.problem]
     table = load_table(TABLES / f"{problem.name}.parquet", problem)
-    expected = problem.spec()
+    expected = problem.search_spec()
     truth, lookup = Truth.of(table), Lookup(table, expected)
     full_steps = float(np.median(table.final("steps")))
     replays = [json.loads(line) for line in (RESULTS / f"{problem.name}.jsonl").read_text().splitlines()]

@@ -3,6 +3,10 @@ a line of JSON in the results file. Run it again and it adds only what the file 
 
     python benchmarks/rst_bench_replay.py mnist1d_noise                 # the full grid
     python benchmarks/rst_bench_replay.py tabular --searchers gp --seeds 20 --stopping none
+    python benchmarks/rst_bench_replay.py tabular --search benchmarks/rst_bench/spaces/tables.yaml
+
+`--search` is the search file replayed (default: search_spaces/default.yaml): its space, sampler,
+stopping and confirmation, with the problem's training. Each result names it by its stem.
 
 The rules of a replay are in benchmarks/rst_bench/replay.py; the report is rst_bench_report.py.
 """
@@ -18,7 +22,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from rst_bench.problems import PROBLEMS, TABLES
+from rst_bench.problems import PROBLEMS, SEARCH, TABLE_SPACE, TABLES
 from rst_bench.replay import Replay
 from rst_bench.searchers import SEARCHERS, STOPPING, searcher
 from rst_bench.table import Table, TableError, load_table
@@ -28,11 +32,11 @@ PIPELINE_SAMPLES = (6, 9, 12, 18, 24, 36)  # the pipeline's budget is its trial 
 _replay = None
 
 
-def _start(problem: str, table: Table) -> None:
+def _start(problem: str, table: Table, search: Path) -> None:
     global _replay
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    _replay = Replay(table, PROBLEMS[problem].spec())
+    _replay = Replay(table, PROBLEMS[problem].search_spec(search))
 
 
 def _run(job: dict) -> dict:
@@ -58,7 +62,8 @@ def _run(job: dict) -> dict:
 
 
 def key(job: dict) -> tuple:
-    return tuple(job[k] for k in ("searcher", "stopping", "workers", "seed", "budget", "num_samples"))
+    fields = ("searcher", "stopping", "workers", "seed", "budget", "num_samples")
+    return (job.get("search", TABLE_SPACE.stem), *(job[k] for k in fields))
 
 
 def main() -> int:
@@ -67,6 +72,7 @@ def main() -> int:
     )
     parser.add_argument("problem", choices=sorted(PROBLEMS))
     parser.add_argument("--table", type=Path, help="default: benchmarks/rst_bench/tables/NAME.parquet")
+    parser.add_argument("--search", type=Path, default=SEARCH, help="the search file replayed")
     parser.add_argument("--searchers", nargs="+", default=list(SEARCHERS))
     parser.add_argument("--stopping", nargs="+", default=list(STOPPING), choices=list(STOPPING))
     parser.add_argument("--workers", nargs="+", type=int, default=[2, 8])
@@ -79,6 +85,7 @@ def main() -> int:
     args = parser.parse_args()
     for name in args.searchers:
         searcher(name)  # a bad name stops here, before anything runs
+    PROBLEMS[args.problem].search_spec(args.search)  # and a bad search file
     try:  # read here, so that a bad table stops the script rather than every worker
         table = load_table(args.table or TABLES / f"{args.problem}.parquet", PROBLEMS[args.problem])
     except TableError as err:
@@ -92,13 +99,17 @@ def main() -> int:
         args.searchers, args.stopping, args.workers, range(args.seeds)
     ):
         for samples in PIPELINE_SAMPLES if searcher(name).pipeline else (None,):
-            job = {"searcher": name, "stopping": stopping, "workers": workers, "seed": seed}
+            job = {"search": args.search.stem, "searcher": name, "stopping": stopping}
+            job |= {"workers": workers, "seed": seed}
             job |= {"budget": None if samples else args.budget, "num_samples": samples}
             if key(job) not in done:
                 jobs.append(job)
     print(f"{args.problem}: {len(jobs)} replays to run ({len(done)} in {out} already)", flush=True)
     started = time.perf_counter()
-    with multiprocessing.Pool(args.jobs, _start, (args.problem, table)) as pool, open(out, "a") as f:
+    with (
+        multiprocessing.Pool(args.jobs, _start, (args.problem, table, args.search)) as pool,
+        open(out, "a") as f,
+    ):
         for i, result in enumerate(pool.imap_unordered(_run, jobs), 1):
             f.write(json.dumps(result) + "\n")
             f.flush()

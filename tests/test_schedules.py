@@ -1,11 +1,19 @@
 """Schedules against hand-computed values of the authors' formulas, exact means, aliases, errors."""
 
 import math
+import random
 
 import numpy as np
 import pytest
 
-from rst_tune.schedules import ALIASES, SCHEDULES, make_schedule, schedule_params
+from rst_tune.schedules import (
+    ALIASES,
+    SCHEDULES,
+    make_schedule,
+    schedule_at,
+    schedule_coordinates,
+    schedule_params,
+)
 
 # (name, params, x, expected p): values worked out by hand from ALGORITHM.md §2.
 TABLE = [
@@ -125,3 +133,47 @@ def test_bad_input_raises_naming_it(name, params, match):
 def test_progress_outside_unit_interval_is_an_error():
     with pytest.raises(ValueError, match="x=1.5"):
         make_schedule("constant", p=0.5)(1.5)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_coordinates_fix_the_mean_and_round_trip(name):
+    """In a family's coordinates p̄ is `mean` exactly, and the shape leaves it unchanged; the
+    parameters map back to the same coordinates."""
+    rng = random.Random(name)
+    for _ in range(100):
+        coordinates = {
+            k: rng.uniform(-1, 1) if k == "tilt" else rng.uniform(0.1, 0.9) if k == "switch" else rng.random()
+            for k in schedule_coordinates(name)
+        }
+        schedule = schedule_at(name, **coordinates)
+        if "mean" in coordinates:
+            p = [schedule(i / 4000) for i in range(4001)]
+            assert schedule.mean() == pytest.approx(coordinates["mean"], abs=1e-12)
+            # the mean by the trapezoid rule too, to its error for a step's jump
+            assert sum((a + b) / 2 for a, b in zip(p, p[1:])) / 4000 == pytest.approx(
+                coordinates["mean"], abs=1e-3
+            )
+        assert schedule.coordinates() == pytest.approx(coordinates, abs=1e-9)
+
+
+def test_tilt_spans_what_the_unit_interval_allows():
+    assert dict(schedule_at("linear", mean=0.3, tilt=1).params) == pytest.approx({"p_start": 0, "p_end": 0.6})
+    assert dict(schedule_at("cosine", mean=0.8, tilt=-1).params) == pytest.approx(
+        {"p_start": 1, "p_end": 0.6}
+    )
+    assert dict(schedule_at("linear", mean=0.3, tilt=0).params) == pytest.approx(
+        {"p_start": 0.3, "p_end": 0.3}
+    )
+    # a step at switch 0.25 with mean 0.5: rising, p_late can reach 2/3 (p_early 0); falling, p_early 1
+    assert dict(schedule_at("step", mean=0.5, tilt=1, switch=0.25).params) == pytest.approx(
+        {"p_early": 0.0, "p_late": 2 / 3, "switch": 0.25}
+    )
+    assert dict(schedule_at("step", mean=0.5, tilt=-1, switch=0.25).params) == pytest.approx(
+        {"p_early": 1.0, "p_late": 1 / 3, "switch": 0.25}
+    )
+    assert schedule_at("step_up", mean=0.3) == make_schedule("step_up", switch=0.7)
+    assert schedule_coordinates("two_level") == ("p",)
+    with pytest.raises(ValueError, match=r"tilt=1\.5 must be a number in \[-1, 1\]"):
+        schedule_at("linear", mean=0.5, tilt=1.5)
+    with pytest.raises(ValueError, match="takes mean, tilt, not mean"):
+        schedule_at("linear", mean=0.5)

@@ -36,7 +36,9 @@ def test_shipped_spaces_load_and_have_baselines():
     for path in SPACES:
         _, spec = load_spec(path)
         points = points_to_evaluate(spec)
-        assert points[0]["schedule.constant.p"] == 0.0 and points[1]["schedule.constant.p"] == 1.0, path
+        records = [DefineByRun(spec)(optuna.trial.FixedTrial(point)) for point in points[:2]]
+        assert [r.baseline for r in records] == ["SGD", "SAM"], path
+        assert [r.expected_cost for r in records] == [1.0, 2.0], path
         assert spec.name == path.stem
 
 
@@ -190,6 +192,28 @@ def test_define_by_run_compiles_every_kind_of_dimension(tmp_path):
         "grst_weight.on": True,
         "grst_weight": 0.2,
     }
+
+
+def test_a_space_in_coordinates_knows_each_trials_cost_from_its_mean():
+    """The default space spells schedules as mean and shape: a trial's expected cost is 1 + its
+    `schedule.mean`, shared by every family, and today's parameters still describe the same points."""
+    _, spec = load_spec(SPACES[[p.stem for p in SPACES].index("default")])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = DefineByRun(spec)
+    for _ in range(40):
+        trial = study.ask()
+        record = space(trial)
+        assert record.expected_cost == pytest.approx(1 + trial.params["schedule.mean"], abs=1e-12)
+        point = {"schedule": record.train.schedule.model_dump(), "rho": record.train.rho}
+        point["grst_weight"] = record.train.grst_weight
+        assert optuna_params(spec, point) == pytest.approx(trial.params)
+    assert points_to_evaluate(spec)[:2] == [
+        {"schedule": "constant", "schedule.mean": p, "rho": 0.2, "grst_weight.on": False} for p in (0.0, 1.0)
+    ]
+    with pytest.raises(ConfigError, match=r"space\.schedule\.linear\.tilt: missing"):
+        parse_spec({"space": {"schedule": {"linear": {"mean": {"low": 0, "high": 1}}}}, "baselines": False})
+    with pytest.raises(ConfigError, match=r"linear takes mean, tilt, or p_start, p_end"):
+        parse_spec({"space": {"schedule": {"linear": {"mean": 0.5, "p_end": 1}}}, "baselines": False})
 
 
 def test_an_error_carries_each_problem_with_its_key_and_line(tmp_path):

@@ -18,6 +18,8 @@ from rst_tune.search.spec import Dimension, SearchSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = Path(__file__).resolve().parent / "tables"
+TABLE_SPACE = Path(__file__).resolve().parent / "spaces" / "tables.yaml"  # the space both tables cover
+SEARCH = ROOT / "search_spaces" / "default.yaml"
 BASELINES = {"SGD": 0.0, "SAM": 1.0}  # label -> constant p, at train.rho
 
 
@@ -25,13 +27,15 @@ BASELINES = {"SGD": 0.0, "SAM": 1.0}  # label -> constant p, at train.rho
 class Problem:
     """One table: the training settings of `train_file` (with `train` on top) over the space of
     `space_file`, `configs` sampled configurations × `seeds` seeds, run from `folder` (where its
-    user code imports from)."""
+    user code imports from). Replays search it as `search_file` does (its space may spell the table's
+    space in other coordinates), with the same training."""
 
     name: str
     description: str
     train_file: Path
-    space_file: Path
+    space_file: Path = TABLE_SPACE
     folder: Path = ROOT
+    search_file: Path = SEARCH
     train: tuple[tuple[str, Any], ...] = ()
     configs: int = 256
     seeds: int = 3
@@ -46,9 +50,10 @@ class Problem:
             "design": {"configs": self.configs, "seeds": self.seeds, "design_seed": self.design_seed},
         }
 
-    def search_values(self) -> dict[str, Any]:
-        """The search file whose space the table covers: the space file with this problem's training."""
-        values = yaml.safe_load(self.space_file.read_text())
+    def search_values(self, path: Path | None = None) -> dict[str, Any]:
+        """The search file at `path` (default: the space file, which the table covers) with this
+        problem's training."""
+        values = yaml.safe_load((path or self.space_file).read_text())
         trained = yaml.safe_load(self.train_file.read_text())["train"]
         # every epoch's test metrics, so a replay can report test accuracy at any stopping point
         values["train"] = {**trained, **dict(self.train), "test_every_epoch": True}
@@ -61,8 +66,15 @@ class Problem:
             sys.path.insert(0, str(self.folder))
 
     def spec(self) -> SearchSpec:
+        """The search over the table's own space."""
         self.importable()
         return parse_spec(self.search_values(), str(self.space_file))
+
+    def search_spec(self, path: Path | None = None) -> SearchSpec:
+        """The search a replay runs: `path` (default: `search_file`) with this problem's training."""
+        self.importable()
+        path = path or self.search_file
+        return parse_spec(self.search_values(path), str(path))
 
     def study_values(self, max_concurrent: int = 2) -> dict[str, Any]:
         """The rst-tune study that builds the table: the baselines, then the design, at seeds 0 … k−1."""
@@ -99,15 +111,6 @@ def from_unit(dim: Dimension, u: float) -> Any:
     return int(round(value)) if dim.type == "int" else round(float(value), 4)
 
 
-def to_unit(dim: Dimension, value: Any) -> float:
-    """Where `value` lies in `dim`, in [0, 1] (its index's centre for choices)."""
-    if dim.choices is not None:
-        return (dim.choices.index(value) + 0.5) / len(dim.choices)
-    if dim.log:
-        return (math.log(value) - math.log(dim.low)) / (math.log(dim.high) - math.log(dim.low))
-    return (value - dim.low) / (dim.high - dim.low)
-
-
 def shape_width(spec: SearchSpec) -> int:
     """The most searched shape parameters of any family."""
     return max(sum(isinstance(v, Dimension) for v in f.params.values()) for f in spec.schedule.values())
@@ -137,22 +140,19 @@ def design(spec: SearchSpec, n: int, seed: int = 0) -> list[dict[str, Any]]:
     return configs
 
 
-DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
 PROBLEMS: dict[str, Problem] = {
     p.name: p
     for p in (
         Problem(
             "mnist1d_noise",
             "The default search's problem: MNIST-1D, 30 % label noise, mnist1d_cnn, 30 epochs.",
-            DEFAULT_SPACE,
-            DEFAULT_SPACE,
+            TABLE_SPACE,
         ),
         Problem(
             "tabular",
             "examples/tabular: 6,000 rows of 40 features in 6 classes, an MLP with dropout, 20 epochs; "
             "the default search's space.",
             ROOT / "examples" / "tabular" / "search.yaml",
-            DEFAULT_SPACE,
             folder=ROOT / "examples" / "tabular",
             train=(("device", "cpu"),),
             design_seed=1,

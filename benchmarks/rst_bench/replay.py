@@ -37,10 +37,10 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from rst_bench.metric import Truth
-from rst_bench.problems import to_unit
 from rst_bench.searchers import STOPPING, Searcher
 from rst_bench.table import Table
 from rst_tune.config import TrainConfig
+from rst_tune.schedules import Schedule, make_schedule
 from rst_tune.search.pareto import build_report, pareto_front
 from rst_tune.search.record import TrialRecord, TrialRow
 from rst_tune.search.space import DefineByRun, points_to_evaluate
@@ -52,40 +52,45 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 class Lookup:
-    """The table row that answers a configuration: the nearest of its family and G-RST switch."""
+    """The table row that answers a configuration: the nearest of its family and G-RST switch, in the
+    parameters `spec` searches (its spelling of the schedule, e.g. mean and tilt)."""
 
     def __init__(self, table: Table, spec: SearchSpec):
         self.spec = spec
         self.cells: dict[tuple, tuple[list[int], np.ndarray]] = {}
         for c in range(table.shape[0]):
             values = {k: v[c] for k, v in table.settings.items()}
-            family = table.families[c]
-            params = {k[len("schedule.") :]: v for k, v in values.items() if k.startswith("schedule.")}
-            key, unit = self._coordinates(family, params, values)
+            params = {
+                k[len("schedule.") :]: float(v)
+                for k, v in values.items()
+                if k.startswith("schedule.") and not math.isnan(v)
+            }
+            key, unit = self._coordinates(make_schedule(table.families[c], **params), values)
             rows, units = self.cells.setdefault(key, ([], []))
             rows.append(c)
             units.append(unit)
         self.cells = {k: (rows, np.array(units)) for k, (rows, units) in self.cells.items()}
 
-    def _coordinates(self, family: str, params: dict, values: dict) -> tuple[tuple, list[float]]:
+    def _coordinates(self, schedule: Schedule, values: dict) -> tuple[tuple, list[float]]:
         """The (family, switches) cell and unit coordinates of a configuration; NaN or None is off."""
         off = lambda v: v is None or (isinstance(v, float) and math.isnan(v))  # noqa: E731
         unit, switches = [], []
-        if family in self.spec.schedule:
-            for name, dim in self.spec.schedule[family].params.items():
+        if schedule.name in self.spec.schedule:
+            family = self.spec.schedule[schedule.name]
+            spelt = family.values_of(schedule)
+            for name, dim in family.params.items():
                 if isinstance(dim, Dimension):
-                    unit.append(to_unit(dim, params[name]))
+                    unit.append(dim.unit(spelt[name]))
         for name, dim in self.spec.dimensions.items():
             if dim.optional:
                 switches.append(not off(values[name]))
             if not off(values[name]):
-                unit.append(to_unit(dim, values[name]))
-        return (family, *switches), unit
+                unit.append(dim.unit(values[name]))
+        return (schedule.name, *switches), unit
 
     def row(self, config: TrainConfig) -> int:
-        schedule = config.schedule.build()
         values = {name: getattr(config, name) for name in self.spec.dimensions}
-        key, unit = self._coordinates(schedule.name, schedule.params, values)
+        key, unit = self._coordinates(config.schedule.build(), values)
         if key not in self.cells:
             raise KeyError(f"the table has no row of {key}")
         rows, units = self.cells[key]

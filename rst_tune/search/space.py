@@ -1,7 +1,8 @@
 """A validated search spec as an Optuna define-by-run function that makes each trial's record.
 
-Optuna parameter names: `schedule` (the family), `schedule.<family>.<param>` (its shape),
-`<key>` for any other searched training setting, and `<key>.on` for the off switch of an optional one.
+Optuna parameter names (`param_name`): `schedule` (the family), `schedule.mean` (p̄, shared by the
+families a spec spells in coordinates), `schedule.<family>.<param>` (its other parameters), `<key>`
+for any other searched training setting, and `<key>.on` for the off switch of an optional one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 from typing import Any
 
 from rst_tune.config import ConfigError, TrainConfig, load_config
-from rst_tune.schedules import Schedule
+from rst_tune.schedules import Schedule, make_schedule
 from rst_tune.search.record import TrialRecord
 from rst_tune.search.spec import Dimension, SearchSpec
 
@@ -44,6 +45,11 @@ def baseline_name(config: TrainConfig) -> str | None:
     return None
 
 
+def param_name(family: str, key: str, in_coordinates: bool) -> str:
+    """The Optuna name of a schedule family's parameter `key`."""
+    return "schedule.mean" if in_coordinates and key == "mean" else f"schedule.{family}.{key}"
+
+
 def _suggest(trial: Any, name: str, dim: Dimension) -> Any:
     if dim.optional and not trial.suggest_categorical(f"{name}.on", [False, True]):
         return None
@@ -65,11 +71,16 @@ class DefineByRun:
         overrides: dict[str, Any] = {}
         if self.spec.schedule:
             family = trial.suggest_categorical("schedule", list(self.spec.schedule))
-            params = {
-                k: _suggest(trial, f"schedule.{family}.{k}", v) if isinstance(v, Dimension) else v
-                for k, v in self.spec.schedule[family].params.items()
+            searched = self.spec.schedule[family]
+            values = {
+                k: _suggest(trial, param_name(family, k, searched.in_coordinates), v)
+                if isinstance(v, Dimension)
+                else v
+                for k, v in searched.params.items()
             }
-            overrides["schedule"] = {"name": family, "params": params}
+            schedule = searched.schedule(family, values)
+            name = schedule.name if searched.in_coordinates else family
+            overrides["schedule"] = {"name": name, "params": dict(schedule.params)}
         for key, dim in self.spec.dimensions.items():
             overrides[key] = _suggest(trial, key, dim)
         config = trial_config(self.spec, overrides, trial_seed(self.spec.seed, trial.number))
@@ -98,17 +109,20 @@ def optuna_params(
                     key=(*where, "schedule", "name"),
                 )
             params["schedule"] = name
-            for param, dim in spec.schedule[name].params.items():
-                if param not in values:
-                    raise ConfigError("missing", key=(*where, "schedule", "params", param))
+            family = spec.schedule[name]
+            try:
+                spelt = family.values_of(make_schedule(name, **values))
+            except (TypeError, ValueError) as err:
+                raise ConfigError(str(err), key=(*where, "schedule", "params")) from None
+            for param, dim in family.params.items():
                 if isinstance(dim, Dimension):
-                    if not dim.contains(values[param]):
+                    if not dim.contains(spelt[param]):
                         raise ConfigError(
-                            f"{values[param]!r} is outside the searched range",
+                            f"{spelt[param]!r} is outside the searched range",
                             key=(*where, "schedule", "params", param),
                         )
-                    params[f"schedule.{name}.{param}"] = values[param]
-                elif values[param] != dim:
+                    params[param_name(name, param, family.in_coordinates)] = spelt[param]
+                elif not math.isclose(spelt[param], dim, abs_tol=1e-12):
                     raise ConfigError(
                         f"{name} fixes it at {dim:g}", key=(*where, "schedule", "params", param)
                     )

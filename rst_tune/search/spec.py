@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from rst_tune.config import ConfigError, TrainConfig, load_config, validation_problems
-from rst_tune.schedules import Schedule, make_schedule, schedule_params
+from rst_tune.schedules import Schedule, make_schedule, schedule_at, schedule_coordinates, schedule_params
 from rst_tune.search.objectives import COSTS, OBJECTIVES
 from rst_tune.search.settings import Lines, RunSettings, Strict, load_settings, parse_settings
 
@@ -63,6 +64,15 @@ class Dimension(Strict):
             return all(isinstance(c, int) and c % n == 0 for c in self.choices)
         return n == 1
 
+    def unit(self, value: Any) -> float:
+        """Where `value` lies in the dimension, in [0, 1]: on its scale (log or linear), or its
+        choice's centre."""
+        if self.choices is not None:
+            return (self.choices.index(value) + 0.5) / len(self.choices)
+        if self.log:
+            return (math.log(value) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
+        return (value - self.low) / (self.high - self.low)
+
     def contains(self, value: Any) -> bool:
         if self.choices is not None:
             return value in self.choices or (value is None and self.optional)
@@ -74,9 +84,19 @@ class Dimension(Strict):
 
 
 class ScheduleFamily(Strict):
-    """Parameters of one schedule family: each a fixed number or a Dimension."""
+    """Parameters of one schedule family: each a fixed number or a Dimension, named as the family's
+    parameters (`p_start`, ...) or in its coordinates (`mean`, `tilt`, ...: see rst_tune.schedules)."""
 
     params: dict[str, float | Dimension] = Field(default_factory=dict)
+    in_coordinates: bool = False
+
+    def schedule(self, name: str, values: dict[str, float]) -> Schedule:
+        """The schedule of family `name` whose parameters, spelt as here, are `values`."""
+        return schedule_at(name, **values) if self.in_coordinates else make_schedule(name, **values)
+
+    def values_of(self, schedule: Schedule) -> dict[str, float]:
+        """A schedule of this family spelt as here."""
+        return schedule.coordinates() if self.in_coordinates else dict(schedule.params)
 
 
 class Sampler(Strict):
@@ -223,7 +243,7 @@ class SearchSpec(RunSettings):
                 for v in family.params.values()
             ]
             corners += [
-                make_schedule(name, **dict(zip(family.params, values)))
+                family.schedule(name, dict(zip(family.params, values)))
                 for values in itertools.product(*ranges)
             ]
         return corners
@@ -247,28 +267,36 @@ def _schedule_families(raw: Any) -> dict[str, ScheduleFamily]:
     for name, params in raw.items():
         where = ("space", "schedule", str(name))
         try:
-            expected = schedule_params(name)
+            native, coordinates = schedule_params(name), schedule_coordinates(name)
         except ValueError as err:
             raise ConfigError(str(err), key=where) from None
         params = params or {}
         if not isinstance(params, dict):
-            raise ConfigError(f"expected a mapping of its parameters ({', '.join(expected)})", key=where)
-        for key in expected:
-            if key not in params:
-                raise ConfigError("missing (a number or a dimension)", key=(*where, key))
+            raise ConfigError(
+                f"expected a mapping of its parameters ({', '.join(coordinates)}, or {', '.join(native)})",
+                key=where,
+            )
+        in_coordinates = any(key in coordinates and key not in native for key in params)
+        expected = coordinates if in_coordinates else native
         for key in params:
             if key not in expected:
                 raise ConfigError(
-                    f"unknown parameter ({name} takes {', '.join(expected)})", key=(*where, str(key))
+                    f"unknown parameter ({name} takes {', '.join(coordinates)}, or {', '.join(native)})",
+                    key=(*where, str(key)),
                 )
+        for key in expected:
+            if key not in params:
+                raise ConfigError("missing (a number or a dimension)", key=(*where, key))
         family = {k: (_dimension(v, (*where, k)) if isinstance(v, dict) else v) for k, v in params.items()}
+        middle = {k: 0.0 if k == "tilt" else 0.5 for k in expected}
+        build = schedule_at if in_coordinates else make_schedule
         for key, value in family.items():
             for candidate in value.values_to_check() if isinstance(value, Dimension) else [value]:
                 try:
-                    make_schedule(name, **{**{k: 0.5 for k in expected}, key: candidate})
+                    build(name, **{**middle, key: candidate})
                 except (ValueError, TypeError) as err:
                     raise ConfigError(str(err), key=(*where, key)) from None
-        families[name] = ScheduleFamily(params=family)
+        families[name] = ScheduleFamily(params=family, in_coordinates=in_coordinates)
     return families
 
 
