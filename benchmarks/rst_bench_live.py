@@ -68,6 +68,7 @@ def main() -> int:
             r["curve"][-1][1] if r["curve"] else 0.0
             for r in replays
             if r["searcher"] == "rst_tune"
+            and r.get("search", "tables") == "default"
             and r["num_samples"] == spec.num_samples
             and r["stopping"] == spec.early_stopping.rule
             and r["workers"] == spec.max_concurrent

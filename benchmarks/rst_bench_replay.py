@@ -3,10 +3,10 @@ a line of JSON in the results file. Run it again and it adds only what the file 
 
     python benchmarks/rst_bench_replay.py mnist1d_noise                 # the full grid
     python benchmarks/rst_bench_replay.py tabular --searchers gp --seeds 20 --stopping none
-    python benchmarks/rst_bench_replay.py tabular --search benchmarks/rst_bench/spaces/tables.yaml
+    python benchmarks/rst_bench_replay.py tabular --search known_cost --searchers rst_tune
 
-`--search` is the search file replayed (default: search_spaces/default.yaml): its space, sampler,
-stopping and confirmation, with the problem's training. Each result names it by its stem.
+`--search` names the search replayed (rst_bench.problems.VARIANTS; default: search_spaces/default.yaml):
+its space, sampler and confirmation, with the problem's training. Each result names it.
 
 The rules of a replay are in benchmarks/rst_bench/replay.py; the report is rst_bench_report.py.
 """
@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from rst_bench.problems import PROBLEMS, SEARCH, TABLE_SPACE, TABLES
+from rst_bench.problems import PROBLEMS, TABLES, VARIANTS
 from rst_bench.replay import Replay
 from rst_bench.searchers import SEARCHERS, STOPPING, searcher
 from rst_bench.table import Table, TableError, load_table
@@ -32,7 +32,7 @@ PIPELINE_SAMPLES = (6, 9, 12, 18, 24, 36)  # the pipeline's budget is its trial 
 _replay = None
 
 
-def _start(problem: str, table: Table, search: Path) -> None:
+def _start(problem: str, table: Table, search: str) -> None:
     global _replay
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -63,7 +63,7 @@ def _run(job: dict) -> dict:
 
 def key(job: dict) -> tuple:
     fields = ("searcher", "stopping", "workers", "seed", "budget", "num_samples")
-    return (job.get("search", TABLE_SPACE.stem), *(job[k] for k in fields))
+    return (job.get("search", "tables"), *(job[k] for k in fields))  # "tables": before there were others
 
 
 def main() -> int:
@@ -72,8 +72,13 @@ def main() -> int:
     )
     parser.add_argument("problem", choices=sorted(PROBLEMS))
     parser.add_argument("--table", type=Path, help="default: benchmarks/rst_bench/tables/NAME.parquet")
-    parser.add_argument("--search", type=Path, default=SEARCH, help="the search file replayed")
-    parser.add_argument("--searchers", nargs="+", default=list(SEARCHERS))
+    parser.add_argument("--search", default="default", choices=list(VARIANTS), help="the search replayed")
+    parser.add_argument(
+        "--searchers",
+        nargs="+",
+        default=[name for name, s in SEARCHERS.items() if not s.extra],
+        help="default: all but those that need other packages (botorch_cost: optuna-integration botorch)",
+    )
     parser.add_argument("--stopping", nargs="+", default=list(STOPPING), choices=list(STOPPING))
     parser.add_argument("--workers", nargs="+", type=int, default=[2, 8])
     parser.add_argument("--seeds", type=int, default=20, help="search seeds 0 … N−1")
@@ -99,7 +104,7 @@ def main() -> int:
         args.searchers, args.stopping, args.workers, range(args.seeds)
     ):
         for samples in PIPELINE_SAMPLES if searcher(name).pipeline else (None,):
-            job = {"search": args.search.stem, "searcher": name, "stopping": stopping}
+            job = {"search": args.search, "searcher": name, "stopping": stopping}
             job |= {"workers": workers, "seed": seed}
             job |= {"budget": None if samples else args.budget, "num_samples": samples}
             if key(job) not in done:

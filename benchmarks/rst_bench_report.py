@@ -1,6 +1,7 @@
 """The report of the replays: per problem and worker count, each searcher's anytime curve (IQM over
 search seeds, 95 % bootstrap interval), the compute it needs to reach 80 / 90 / 95 % of the oracle
-hypervolume, and its optimism gap; a Markdown table and benchmarks/search_efficiency.png.
+hypervolume, and its optimism gap; a Markdown table, benchmarks/search_efficiency.png, and the
+cost-aware pipelines against today's (issue 24's goals) in benchmarks/cost_aware_search.png.
 
     python benchmarks/rst_bench_report.py mnist1d_noise tabular
 """
@@ -112,6 +113,66 @@ def summarise(results: list[dict]) -> tuple[list[str], dict]:
     return lines, curves
 
 
+PIPELINES = {  # the pipeline runs the goals compare: (search, stopping) -> what it is
+    ("tables", "none"): "today's default: MO-TPE on p_start/p_end…, no stopping, 3 seeds each",
+    ("coordinates", "none"): "1. cost as a coordinate (mean, tilt) alone",
+    ("known_cost", "none"): "2. the known-cost sampler alone",
+    ("tables", "hypervolume"): "3. early stopping in propagations alone",
+    ("sequential", "none"): "4. sequential, paired confirmation alone",
+    ("default", "none"): "1 + 2 + 4 (no early stopping)",
+    ("default", "hypervolume"): "the new default: 1 + 2 + 3 + 4",
+}
+
+
+def goals(results: list[dict], workers: int = 2) -> list[str]:
+    """Issue 24's goals on one table: each pipeline's IQM value and median compute per trial count,
+    the compute at which it first matches today's default at 12 trials and first reaches 90 % of the
+    oracle, beside MO-TPE + ASHA's median compute to 90 % and its optimism gap."""
+    runs = defaultdict(list)
+    for r in results:
+        if r["workers"] == workers:
+            runs[(r.get("search", "tables"), r["searcher"], r["stopping"], r["num_samples"] or 0)].append(r)
+    today = runs.get(("tables", "rst_tune", "none", 12))
+    if not today:
+        return []
+    target = iqm([final(r)[0] for r in today])
+    asha = runs.get(("tables", "tpe", "asha", 0), [])
+    tpe = runs.get(("tables", "tpe", "none", 0), [])
+    to90 = median_reach([compute_to_reach([(c, v) for c, v, _ in r["curve"]], 0.9) for r in asha])
+    gap = iqm([gap_at(r["curve"], 36.0) for r in tpe])
+    lines = [
+        f"Today's default at 12 trials: IQM value {target:.3f} at "
+        f"{np.median([r['compute'] for r in today]):.1f} SAM-equivalents. MO-TPE + ASHA reaches 90 % at "
+        f"a median of {to90}; MO-TPE's optimism gap at 36: {gap:+.3f}.",
+        "",
+        "| pipeline | "
+        + " | ".join(f"{n} trials" for n in (6, 9, 12, 18, 24, 36))
+        + " | matches today's at | reaches 90 % at | optimism gap (12 trials) |",
+        "|---|" + "---|" * 9,
+    ]
+    for (search, stopping), what in PIPELINES.items():
+        points = []
+        for n in (6, 9, 12, 18, 24, 36):
+            group = runs.get((search, "rst_tune", stopping, n))
+            if group:
+                points.append(
+                    (n, float(np.median([r["compute"] for r in group])), iqm([final(r)[0] for r in group]))
+                )
+        if not points:
+            continue
+        cells = {n: f"{v:.3f} at {c:.1f}" for n, c, v in points}
+        match = next((f"{c:.1f} ({n} trials)" for n, c, v in points if v >= target), "–")
+        reach = next((f"{c:.1f} ({n} trials)" for n, c, v in points if v >= 0.9), "–")
+        twelve = runs.get((search, "rst_tune", stopping, 12), [])
+        gap = f"{iqm([final(r)[1] for r in twelve]):+.3f}" if twelve else "–"
+        lines.append(
+            f"| {what} | "
+            + " | ".join(cells.get(n, "–") for n in (6, 9, 12, 18, 24, 36))
+            + f" | {match} | {reach} | {gap} |"
+        )
+    return lines
+
+
 def headline(results: list[dict], workers: int) -> list[str]:
     """One row per searcher at `workers`: IQM [95 % CI] of its value at 18 and 36 SAM-equivalents
     without stopping, its median compute to 80 %, its value at 36 with ASHA and with pareto_fair, and
@@ -126,7 +187,7 @@ def headline(results: list[dict], workers: int) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for name in dict.fromkeys(r["searcher"] for r in results):
-        if name == "rst_tune":
+        if name.startswith("rst_tune"):
             for samples in (12, 24):
                 base = runs.get((name, "none", samples))
                 if base:
@@ -162,6 +223,16 @@ def headline(results: list[dict], workers: int) -> list[str]:
     return lines
 
 
+def _axes(ax, title: str) -> None:
+    ax.axhline(0.9, color="0.5", lw=0.6)
+    ax.set_xlim(0, max(AT))
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.set_xlabel("compute spent (SAM-equivalents: full trainings at p ≡ 1), confirmation included")
+    ax.set_ylabel("hypervolume of the reported front / oracle")
+    ax.grid(alpha=0.3)
+
+
 def plot(all_curves: dict, path: Path) -> None:
     import matplotlib
 
@@ -173,14 +244,22 @@ def plot(all_curves: dict, path: Path) -> None:
     fig, axes = plt.subplots(
         len(problems), len(workers), figsize=(6.5 * len(workers), 4.2 * len(problems)), squeeze=False, dpi=110
     )
-    colours = dict(zip(["random", "tpe", "tpe_mv", "nsga2", "gp", "rst_tune"], plt.cm.tab10.colors))
-    styles = {"none": "-", "asha": "--", "pareto_fair": ":"}
+    names = ["random", "tpe", "tpe_mv", "nsga2", "gp", "rst_tune", "known_cost", "botorch_cost"]
+    names += [
+        "rst_tune [default]",
+        "rst_tune [coordinates]",
+        "rst_tune [known_cost]",
+        "rst_tune [sequential]",
+    ]
+    names += ["tpe [default]"]
+    colours = dict(zip(names, [*plt.cm.tab10.colors, *plt.cm.Dark2.colors]))
+    styles = {"none": "-", "asha": "--", "pareto_fair": ":", "hypervolume": "-."}
     for i, problem in enumerate(problems):
         for j, w in enumerate(workers):
             ax = axes[i][j]
             for (name, stopping, ww), data in sorted(all_curves[problem].items()):
-                if ww != w:
-                    continue
+                if ww != w or stopping == "hypervolume" or "[" in name or name not in colours:
+                    continue  # the RST-Bench issue's searchers; the cost-aware ones: plot_cost_aware
                 colour = colours.get(name, "black")
                 if isinstance(data, list):
                     data.sort()
@@ -200,16 +279,59 @@ def plot(all_curves: dict, path: Path) -> None:
                     grid, mid, low, high = data
                     ax.plot(grid, mid, color=colour, linestyle=styles[stopping], label=f"{name}, {stopping}")
                     ax.fill_between(grid, low, high, color=colour, alpha=0.08)
-            for level in (0.9,):
-                ax.axhline(level, color="0.5", lw=0.6)
-            ax.set_xlim(0, max(AT))
-            ax.set_ylim(0, 1.02)
-            ax.set_title(f"{problem}, {w} workers")
-            ax.set_xlabel("compute spent (SAM-equivalents: full trainings at p ≡ 1)")
-            ax.set_ylabel("hypervolume of the reported front / oracle")
-            ax.grid(alpha=0.3)
+            _axes(ax, f"{problem}, {w} workers")
     axes[0][-1].legend(fontsize=6, ncol=2, loc="lower right")
     fig.suptitle("RST-Bench replays: IQM over search seeds, 95 % bootstrap band", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+COST_AWARE_PLOT = Path(__file__).resolve().parent / "cost_aware_search.png"
+
+
+def plot_cost_aware(all_curves: dict, path: Path, workers: int = 2) -> None:
+    """Issue 24's plot: per problem, each pipeline of `PIPELINES` (IQM value against median compute
+    over its trial counts) beside MO-TPE, MO-TPE + ASHA and the known-cost sampler on their own."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(all_curves), figsize=(7 * len(all_curves), 4.8), squeeze=False, dpi=110)
+    colours = iter([*plt.cm.tab10.colors, *plt.cm.Dark2.colors])
+    names = {key: what for key, what in PIPELINES.items()}
+    singles = {("tpe", "none"): "MO-TPE alone", ("tpe", "asha"): "MO-TPE + ASHA"}
+    singles |= {("known_cost [default]", "none"): "known-cost sampler alone"}
+    styles = {key: next(colours) for key in [*names, *singles]}
+    for ax, (problem, curves) in zip(axes[0], all_curves.items()):
+        for (search, stopping), what in names.items():
+            name = "rst_tune" if search == "tables" else f"rst_tune [{search}]"
+            data = curves.get((name, stopping, workers))
+            if isinstance(data, list):
+                data = sorted(data)
+                ax.errorbar(
+                    [d[0] for d in data],
+                    [d[1] for d in data],
+                    yerr=[[d[1] - d[2] for d in data], [d[3] - d[1] for d in data]],
+                    color=styles[(search, stopping)],
+                    marker="o",
+                    ms=4,
+                    capsize=2,
+                    lw=2.2 if (search, stopping) == ("default", "hypervolume") else 1.0,
+                    label=what,
+                )
+        for (name, stopping), what in singles.items():
+            data = curves.get((name, stopping, workers))
+            if data is not None and not isinstance(data, list):
+                grid, mid, low, high = data
+                ax.plot(grid, mid, color=styles[(name, stopping)], linestyle="--", label=what)
+                ax.fill_between(grid, low, high, color=styles[(name, stopping)], alpha=0.08)
+        _axes(ax, f"{problem}, {workers} workers")
+    axes[0][-1].legend(fontsize=6.5, loc="lower right")
+    fig.suptitle(
+        "Cost-aware search on RST-Bench: IQM over 20 search seeds, 95 % bootstrap interval", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -227,6 +349,10 @@ def main() -> int:
     for problem in args.problems:
         results = [json.loads(line) for line in (args.results / f"{problem}.jsonl").read_text().splitlines()]
         seeds = len({r["seed"] for r in results})
+        out += [f"### {problem}: issue 24's goals (2 workers)", "", *goals(results), ""]
+        for r in results:  # a search other than the tables' own is part of the searcher's name
+            if r.get("search", "tables") != "tables":
+                r["searcher"] = f"{r['searcher']} [{r['search']}]"
         lines, curves = summarise(results)
         all_curves[problem] = curves
         out += [f"### {problem}: {len(results)} replays, {seeds} search seeds", ""]
@@ -242,7 +368,8 @@ def main() -> int:
     (args.results / "search_efficiency.md").write_text(text)
     print(text)
     plot(all_curves, args.plot)
-    print(f"wrote {args.results / 'search_efficiency.md'} and {args.plot}")
+    plot_cost_aware(all_curves, COST_AWARE_PLOT)
+    print(f"wrote {args.results / 'search_efficiency.md'}, {args.plot} and {COST_AWARE_PLOT}")
     return 0
 
 

@@ -160,3 +160,35 @@ def write_cifar10(root, n_per_batch=6, test_labels=None):
             )
         written[name] = (data, labels)
     return written
+
+
+def confirmation_row(number, configuration, seed_index, val, propagations, state="COMPLETE"):
+    """A confirmation trial as the study records it (only what the rules read is real); a trial not
+    COMPLETE has no metrics."""
+    from rst_tune.config import load_config
+    from rst_tune.search.record import TrialRecord, TrialRow
+    from rst_tune.train import EpochMetrics
+
+    record = TrialRecord(
+        load_config({"seed": seed_index}), configuration, number, None, configuration, seed_index
+    )
+    if state != "COMPLETE":
+        return TrialRow(number, state, record, None, None, None, {})
+    metrics = EpochMetrics.measured(
+        epoch=1,
+        train_loss=0.1,
+        train_accuracy=0.9,
+        val_loss=0.2,
+        val_accuracy=val,
+        steps=10,
+        sam_steps=propagations - 10,
+        propagations=propagations,
+        expected_propagations=float(propagations),
+        degree_sum=0.0,
+        wall_s=1.0,
+        devices=1.0,
+        world_size=1,
+        test_loss=0.3,
+        test_accuracy=val - 0.01,
+    )
+    return TrialRow(number, state, record, metrics, None, None, {})

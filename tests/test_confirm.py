@@ -9,16 +9,17 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from conftest import kill_mid_run, optuna_states, rst_tune_process, write_cifar10
+from conftest import confirmation_row, kill_mid_run, optuna_states, rst_tune_process, write_cifar10
 from mlflow import MlflowClient
 from ray.tune import ExperimentAnalysis
 from scipy import stats as scipy_stats
 
 from rst_tune.config import ConfigError
 from rst_tune.search import parse_spec, read_run, run_search
-from rst_tune.search.record import TrialRow
+from rst_tune.search.record import trial_rows
 from rst_tune.search.runner import read_search_report
 from rst_tune.study.confirm import candidates, confirmed_points
+from rst_tune.study.sequential import DONE, next_seed
 from rst_tune.study.stats import paired
 
 SPACE = {
@@ -88,35 +89,6 @@ def test_paired_interval_matches_closed_form_float64():
     assert result.p_value == pytest.approx(2 * scipy_stats.t.sf(mean / (sd / 2), 3), rel=1e-10)
 
 
-def _row(number, configuration, seed_index, val, propagations):
-    """A confirmation trial as the study records it (only what the rule reads is real)."""
-    from rst_tune.config import load_config
-    from rst_tune.search.record import TrialRecord
-    from rst_tune.train import EpochMetrics
-
-    metrics = EpochMetrics.measured(
-        epoch=1,
-        train_loss=0.1,
-        train_accuracy=0.9,
-        val_loss=0.2,
-        val_accuracy=val,
-        steps=10,
-        sam_steps=propagations - 10,
-        propagations=propagations,
-        expected_propagations=float(propagations),
-        degree_sum=0.0,
-        wall_s=1.0,
-        devices=1.0,
-        world_size=1,
-        test_loss=0.3,
-        test_accuracy=val - 0.01,
-    )
-    record = TrialRecord(
-        load_config({"seed": seed_index}), configuration, number, None, configuration, seed_index
-    )
-    return TrialRow(number, "COMPLETE", record, metrics, None, None, {})
-
-
 def test_the_confirmed_front_drops_a_point_only_on_a_paired_interval_above_zero():
     """Trial 2 costs more than trial 1 and is less accurate at every seed (paired interval above zero):
     it leaves the front. Trial 3 is cheaper than 1 and less accurate: it stays. Trial 4 is as costly as
@@ -129,7 +101,7 @@ def test_the_confirmed_front_drops_a_point_only_on_a_paired_interval_above_zero(
     }
     costs = {"trial 1: a": 15, "trial 2: b": 18, "trial 3: c": 10, "trial 4: d": 15}
     rows = [
-        _row(n, label, k, value, costs[label])
+        confirmation_row(n, label, k, value, costs[label])
         for n, (label, values) in enumerate(accuracies.items())
         for k, value in enumerate(values)
     ]
@@ -150,7 +122,10 @@ def _ray_results(folder) -> list[dict]:
     return [trial.last_result for trial in ExperimentAnalysis(str((folder / "trials").resolve())).trials]
 
 
-def test_confirmation_trains_each_named_point_once_per_fresh_seed_and_resumes_after_sigkill(tmp_path):
+def test_sequential_confirmation_trains_each_point_and_seed_once_and_resumes_after_sigkill(tmp_path):
+    """Confirmation (sequential, the default) killed mid-way and resumed: every named point has two or
+    three fresh seeds, the first ones, no (point, seed) trained twice, and the seeds stop where the
+    rule says the front is decided; the intervals are those of the Ray results."""
     path = tmp_path / "space.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -167,7 +142,7 @@ def test_confirmation_trains_each_named_point_once_per_fresh_seed_and_resumes_af
     run_dir = tmp_path / "runs" / "confirmed"
     first = rst_tune_process("search", "--space", str(path), "--results-dir", str(tmp_path / "runs"))
     kill_mid_run(first, run_dir / "confirm" / "optuna.db", complete=2, timeout=400)
-    assert 2 <= optuna_states(run_dir / "confirm" / "optuna.db").count("COMPLETE") < 9  # killed mid-way
+    assert 2 <= optuna_states(run_dir / "confirm" / "optuna.db").count("COMPLETE") < 6  # killed mid-way
 
     second = rst_tune_process("search", "--resume", str(run_dir))
     output, _ = second.communicate(timeout=600)
@@ -185,7 +160,14 @@ def test_confirmation_trains_each_named_point_once_per_fresh_seed_and_resumes_af
     results = _ray_results(run_dir / "confirm")
     trained = sorted((r["config"]["configuration"], r["config"]["train"]["seed"]) for r in results)
     labels = [f"trial {row.number}: {row.label}" for row in named]
-    assert trained == sorted((label, seed) for label in labels for seed in fresh)  # each pair exactly once
+    assert len(trained) == len(set(trained))  # no (point, seed) twice
+    for label in labels:  # the first two fresh seeds, then the third only where undecided
+        seeds = sorted(seed for name, seed in trained if name == label)
+        assert seeds in ([first_seed, first_seed + 1], [first_seed, first_seed + 1, first_seed + 2])
+    confirm_rows = trial_rows(
+        optuna.load_study(study_name="confirmed-confirm", storage=f"sqlite:///{run_dir}/confirm/optuna.db")
+    )
+    assert next_seed(confirm_rows, labels, 3, "propagations", 0.95) == DONE
     for row, label in zip(named, labels):  # the same training settings as the trial it confirms
         settings = {r["config"]["train"]["rho"] for r in results if r["config"]["configuration"] == label}
         assert settings == {row.record.train.rho}
@@ -198,9 +180,9 @@ def test_confirmation_trains_each_named_point_once_per_fresh_seed_and_resumes_af
     for row, label in zip(named, labels):
         mine = [r for r in results if r["config"]["configuration"] == label]
         val = [r["val_accuracy"] for r in mine]
-        half = scipy_stats.t.ppf(0.975, 2) * statistics.stdev(val) / math.sqrt(3)
+        half = scipy_stats.t.ppf(0.975, len(val) - 1) * statistics.stdev(val) / math.sqrt(len(val))
         point = confirmed[row.number]
-        assert point["seeds"] == 3
+        assert point["seeds"] == len(val)
         assert point["val_accuracy_mean"] == pytest.approx(statistics.fmean(val), abs=1e-12)
         if half > 0:
             assert point["val_accuracy_ci"] == pytest.approx(
@@ -219,7 +201,7 @@ def test_confirmation_trains_each_named_point_once_per_fresh_seed_and_resumes_af
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("confirmed").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags and "rst.configuration" in r.data.tags]
-    assert sorted((r.data.tags["rst.configuration"], r.data.params["seed"]) for r in children) == sorted(
-        (label, str(seed)) for label in labels for seed in fresh
-    )
+    assert sorted((r.data.tags["rst.configuration"], r.data.params["seed"]) for r in children) == [
+        (label, str(seed)) for label, seed in trained
+    ]
     assert all(r.info.status == "FINISHED" for r in runs)

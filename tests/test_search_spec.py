@@ -79,7 +79,10 @@ def _error(values, tmp_path=None) -> str:
             {"objective": "speed"},
             "objective: Input should be 'pareto', 'acc_per_prop' or 'accuracy_under_budget'",
         ),
-        ({"sampler": {"name": "cmaes"}}, "sampler.name: Input should be 'tpe', 'nsga2', 'gp' or 'random'"),
+        (
+            {"sampler": {"name": "cmaes"}},
+            "sampler.name: Input should be 'tpe', 'nsga2', 'gp', 'random' or 'known_cost'",
+        ),
         ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than or equal to 1"),
         ({"train": {"learning_rate": 0.1}}, "train.learning_rate: unknown key"),
         (

@@ -70,11 +70,15 @@ class Problem:
         self.importable()
         return parse_spec(self.search_values(), str(self.space_file))
 
-    def search_spec(self, path: Path | None = None) -> SearchSpec:
-        """The search a replay runs: `path` (default: `search_file`) with this problem's training."""
+    def search_spec(self, variant: str = "default") -> SearchSpec:
+        """The search a replay runs: a variant of `VARIANTS`, with this problem's training."""
         self.importable()
-        path = path or self.search_file
-        return parse_spec(self.search_values(path), str(path))
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown search {variant!r}; valid: {', '.join(VARIANTS)}")
+        path, overrides = VARIANTS[variant]
+        values = self.search_values(path or self.search_file)
+        values |= {key: value() if callable(value) else value for key, value in overrides.items()}
+        return parse_spec(values, str(path or self.search_file))
 
     def study_values(self, max_concurrent: int = 2) -> dict[str, Any]:
         """The rst-tune study that builds the table: the baselines, then the design, at seeds 0 … k−1."""
@@ -139,6 +143,17 @@ def design(spec: SearchSpec, n: int, seed: int = 0) -> list[dict[str, Any]]:
         configs.append(config)
     return configs
 
+
+VARIANTS: dict[str, tuple[Path | None, dict[str, Any]]] = {
+    # name -> (search file, None: the problem's; settings that replace its own, or make them)
+    "default": (None, {}),
+    "tables": (TABLE_SPACE, {}),  # the default search as the tables were built: today's pipeline
+    # each change of the default on its own (early stopping is the replay's own axis)
+    "coordinates": (TABLE_SPACE, {"space": lambda: yaml.safe_load(SEARCH.read_text())["space"]}),
+    "known_cost": (TABLE_SPACE, {"sampler": {"name": "known_cost"}}),
+    "sequential": (TABLE_SPACE, {"confirm": {"seeds": 3, "margin": 0.01, "max_points": 3}}),
+}
+"""The searches a replay can run, by name (`rst_bench_replay.py --search`)."""
 
 PROBLEMS: dict[str, Problem] = {
     p.name: p

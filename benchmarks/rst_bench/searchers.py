@@ -13,8 +13,11 @@ from dataclasses import dataclass
 import optuna
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from rst_tune.search.schedulers import ASHA, ParetoFairScheduler
+from rst_bench.botorch_route import botorch_sampler  # imports botorch only when called
+from rst_tune.search.known_cost import KnownCostSampler
+from rst_tune.search.schedulers import ASHA, HypervolumeScheduler, ParetoFairScheduler
 from rst_tune.search.searcher import build_sampler
+from rst_tune.search.space import Coordinates
 from rst_tune.search.spec import SearchSpec
 
 
@@ -24,6 +27,7 @@ class Searcher:
     description: str
     sampler: Callable[[SearchSpec, int], optuna.samplers.BaseSampler]  # (spec, search seed)
     pipeline: bool = False  # rst-tune's: baselines first, seed confirmation at the end
+    extra: str = ""  # packages it needs beyond rst-tune's: not in the default grid
 
 
 def _optuna(cls: str, **kwargs) -> Callable[[SearchSpec, int], optuna.samplers.BaseSampler]:
@@ -54,6 +58,19 @@ SEARCHERS: dict[str, Searcher] = {
             lambda spec, seed: build_sampler(spec.model_copy(update={"seed": seed})),
             pipeline=True,
         ),
+        Searcher(
+            "known_cost",
+            "rst-tune's KnownCostSampler alone: a GP on accuracy, the cost known, closed-form EHVI "
+            "priced by cost with cooling over 24 trials",
+            lambda spec, seed: KnownCostSampler(Coordinates(spec), 24, seed=seed),
+        ),
+        Searcher(
+            "botorch_cost",
+            "BoTorch via optuna-integration: a GP on accuracy, the cost 1 + p̄ known (deterministic model), "
+            "qLogNEHVI; family-conditional parameters sampled at random",
+            botorch_sampler,
+            extra="optuna-integration botorch",
+        ),
     )
 }
 
@@ -83,5 +100,8 @@ STOPPING: dict[str, Callable[[SearchSpec, int], TrialScheduler]] = {
     ),
     "pareto_fair": lambda spec, epochs: ParetoFairScheduler(
         spec.early_stopping.grace_epochs, spec.early_stopping.min_dominating
+    ),
+    "hypervolume": lambda spec, epochs: HypervolumeScheduler(
+        epochs, spec.early_stopping.grace_epochs, spec.early_stopping.margin
     ),
 }

@@ -174,11 +174,12 @@ class ParetoReport:
         return "\n".join(lines)
 
     def confirmed_table(self) -> list[str]:
-        seeds = max(point.seeds for point in self.confirmed)
+        counts = sorted({point.seeds for point in self.confirmed})
+        seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
         lines = [
             f"Confirmed front ({seeds} fresh seeds per point; a point leaves it when another costs no more "
-            "and is more accurate on validation, paired 95 % interval above zero):",
-            f"{'trial':>5}  {'val_acc (95 % CI)':>23}  {'test_acc (95 % CI)':>23}  "
+            "and is more accurate on validation, paired interval above zero):",
+            f"{'trial':>5}  {'seeds':>5}  {'val_acc (95 % CI)':>23}  {'test_acc (95 % CI)':>23}  "
             f"{'vs SGD, pp (paired CI)':>22}  {'cost':>5}  {'device_s':>8}  config",
         ]
 
@@ -196,14 +197,20 @@ class ParetoReport:
             tag = f"  [{point.baseline}]" if point.baseline else ""
             verdict = "" if point.on_front else f"  (beaten by trial {point.beaten_by})"
             lines.append(
-                f"{point.trial:>5}  {interval(point.val_accuracy_mean, point.val_accuracy_ci):>23}  "
+                f"{point.trial:>5}  {point.seeds:>5}  "
+                f"{interval(point.val_accuracy_mean, point.val_accuracy_ci):>23}  "
                 f"{interval(point.test_accuracy_mean, point.test_accuracy_ci):>23}  "
                 f"{versus(point.vs_sgd):>22}  {point.cost_ratio_mean:>5.3f}  "
                 f"{point.device_seconds_mean:>8.1f}  {point.label}{tag}{verdict}"
             )
         kept = sum(point.on_front for point in self.confirmed)
+        trainings = sum(point.seeds for point in self.confirmed)
+        spent = sum(point.seeds * point.propagations_mean for point in self.confirmed)
+        searched = sum(row.propagations for row in self.trials if row.propagations is not None)
         lines.append(
-            f"{len(self.confirmed)} points confirmed with {seeds} seeds each; {kept} on the confirmed front"
+            f"{len(self.confirmed)} points confirmed with {seeds} seeds each; {kept} on the confirmed front. "
+            f"Compute: {trainings} confirmation trainings, {spent:,.0f} propagations; the search "
+            f"{searched:,} (stopped trials' epochs included)"
         )
         return lines
 

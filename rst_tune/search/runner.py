@@ -64,6 +64,13 @@ class RunPlan:
     space: Callable[[optuna.Trial], TrialRecord]
     header: str
     report: Callable[[Path], Report]
+    # whether a trial may start now (True), later (None) or never again (False); None: always
+    more: Callable[[optuna.Study], bool | None] | None = None
+    # whether the run has ended every trial it will; None: once `spec.num_samples` have
+    finished: Callable[[Sequence[TrialRow]], bool] | None = None
+
+    def done(self, rows: Sequence[TrialRow]) -> bool:
+        return self.finished(rows) if self.finished else ended(rows) >= self.spec.num_samples
 
 
 DRIVER_RESOURCES = {"memory": 2**20}  # a data-parallel trial's own process only waits on its workers: no CPU
@@ -154,7 +161,7 @@ def run_trials(
     searcher, remaining = None, spec.num_samples
     if not restorable:  # a new run, or one interrupted before Ray saved its first experiment state
         fresh = not resume or not optuna.get_all_study_names(storage)
-        searcher = RSTSearch(spec, storage, enqueue=fresh, space=plan.space)
+        searcher = RSTSearch(spec, storage, enqueue=fresh, space=plan.space, more=plan.more)
         remaining -= ended(trial_rows(searcher.study))
     out(f"{'resuming' if resume else folder.kind} {plan.header}")
     for callback in callbacks:
@@ -167,12 +174,12 @@ def run_trials(
         if r.metrics and (checkpoint := trial_checkpoint(r, spec.storage)) is not None
     }
     report = plan.report(folder.path)
-    done = ended(report.trials)
+    done, finished = ended(report.trials), plan.done(report.trials)
     for callback in callbacks:
-        line = callback.finish(report, checkpoints, done < spec.num_samples)
+        line = callback.finish(report, checkpoints, not finished)
         if line:
             out(line)
-    if done < spec.num_samples:
+    if not finished:
         out(
             f"stopped after {done} of {spec.num_samples} trials; "
             f"continue with: rst-tune {folder.kind} --resume {folder.path}"

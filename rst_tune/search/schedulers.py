@@ -1,12 +1,20 @@
-"""Early stopping: ASHA on a scalar objective, and a Pareto-fair rule for the accuracy-cost front.
+"""Early stopping: ASHA on a scalar objective, and two rules for the accuracy-cost front.
 
 The Pareto-fair rule stops a trial at an epoch only when, at that same epoch, at least
 `min_dominating` trials of no higher expected cost (1 + p̄) reached a higher val_accuracy: a cheap
-schedule is never stopped for losing to an expensive one. Ray has no such scheduler.
+schedule is never stopped for losing to an expensive one.
+
+The hypervolume rule stops a trial only when an optimistic bound on its final val_accuracy can no
+longer add hypervolume at its own known cost: the bound is its accuracy now plus the largest gain
+from this epoch to the last that any complete trial made, plus `margin`, and it must beat the best
+final accuracy of the complete trials that cost no more. It stops nothing before `min_complete`
+trials are complete. A trial of the front is therefore never stopped while the trials seen so far say
+it could still get there. Ray has neither rule.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -44,8 +52,58 @@ class ParetoFairScheduler(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
 
+class HypervolumeScheduler(FIFOScheduler):
+    def __init__(self, epochs: int, grace_epochs: int = 1, margin: float = 0.01, min_complete: int = 4):
+        super().__init__()
+        self.epochs, self.grace_epochs, self.min_complete = epochs, grace_epochs, min_complete
+        self.margin = margin
+        self._curves: dict[str, dict[int, float]] = {}  # trial id -> epoch -> val_accuracy
+        self._complete: list[tuple[float, float, dict[int, float]]] = []  # (cost, final, curve)
+
+    def _epochs(self, trial) -> int:
+        return int((trial.config or {}).get("train", {}).get("epochs", self.epochs))
+
+    def _cost(self, trial, result: dict) -> float:
+        """Known before training: (1 + p̄) per step over the trial's epochs."""
+        return result["expected_cost"] * self._epochs(trial)
+
+    def bound(self, epoch: int, accuracy: float) -> float:
+        """The most a trial at `accuracy` after `epoch` epochs may end at, by the complete trials."""
+        gains = [final - curve[epoch] for _, final, curve in self._complete if epoch in curve]
+        return accuracy + max(gains, default=math.inf) + self.margin
+
+    def best_within(self, cost: float) -> float:
+        """The best final val_accuracy of a complete trial of cost ≤ `cost`."""
+        return max((final for at, final, _ in self._complete if at <= cost), default=-math.inf)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if "failure" in result:
+            return TrialScheduler.CONTINUE
+        epoch, accuracy = int(result["epoch"]), result["val_accuracy"]
+        self._curves.setdefault(trial.trial_id, {})[epoch] = accuracy
+        if (
+            epoch < self.grace_epochs
+            or len(self._complete) < self.min_complete
+            or epoch >= self._epochs(trial)
+        ):
+            return TrialScheduler.CONTINUE
+        if self.bound(epoch, accuracy) <= self.best_within(self._cost(trial, result)):
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        curve = self._curves.pop(trial.trial_id, {})
+        if result and "failure" not in result and int(result["epoch"]) >= self._epochs(trial):
+            self._complete.append((self._cost(trial, result), result["val_accuracy"], curve))
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._curves.pop(trial.trial_id, None)
+
+
 def build_scheduler(spec: SearchSpec, epochs: int) -> TrialScheduler:
     rule = spec.early_stopping
+    if rule.rule == "hypervolume":
+        return HypervolumeScheduler(epochs, rule.grace_epochs, rule.margin)
     if rule.rule == "pareto_fair":
         return ParetoFairScheduler(rule.grace_epochs, rule.min_dominating)
     if rule.rule == "asha":

@@ -21,9 +21,10 @@ from ray.tune.search import Searcher
 
 from rst_tune.config import ConfigError
 from rst_tune.search._optuna import take_up
+from rst_tune.search.known_cost import KnownCostSampler
 from rst_tune.search.objectives import budget_constraint, objective_for
 from rst_tune.search.record import TrialRecord
-from rst_tune.search.space import DefineByRun, points_to_evaluate
+from rst_tune.search.space import Coordinates, DefineByRun, points_to_evaluate
 from rst_tune.search.spec import SearchSpec
 from rst_tune.train import METRICS
 
@@ -31,20 +32,25 @@ MAX_DRAWS = 200  # configurations drawn per trial in search of one within the bu
 
 
 def build_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    startup = {} if spec.sampler.startup_trials is None else {"n_startup_trials": spec.sampler.startup_trials}
+    seed, startup = spec.seed, spec.sampler.startup_trials
+    if spec.sampler.name == "known_cost":
+        given = {} if startup is None else {"startup_trials": startup}
+        return KnownCostSampler(Coordinates(spec), spec.num_samples, seed=seed, **given)
+    given = {} if startup is None else {"n_startup_trials": startup}
     if spec.sampler.name == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed, **startup)
+        return optuna.samplers.TPESampler(seed=seed, **given)
     if spec.sampler.name == "gp":
-        return optuna.samplers.GPSampler(seed=spec.seed, **startup)
+        return optuna.samplers.GPSampler(seed=seed, **given)
     if spec.sampler.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=spec.seed)
-    return optuna.samplers.RandomSampler(seed=spec.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 class RSTSearch(Searcher):
     """Trials of `spec` from the Optuna study `spec.name` in `storage`; `enqueue` adds the spec's
     points to evaluate first (not when continuing a study that has them already). `space`, the
-    define-by-run function that makes a trial's record, defaults to the spec's space."""
+    define-by-run function that makes a trial's record, defaults to the spec's space; `more`, when
+    given, says whether a new trial may start now (True), later (None) or never (False)."""
 
     def __init__(
         self,
@@ -52,6 +58,7 @@ class RSTSearch(Searcher):
         storage: optuna.storages.BaseStorage,
         enqueue: bool = True,
         space: Callable[[optuna.Trial], TrialRecord] | None = None,
+        more: Callable[[optuna.Study], bool | None] | None = None,
     ):
         self.objective = objective_for(spec.objective, spec.cost)
         metric, mode = list(self.objective.metrics), list(self.objective.modes)
@@ -60,7 +67,7 @@ class RSTSearch(Searcher):
             mode=mode[0] if self.objective.scalar else mode,
         )
         self.budget = spec.budget
-        self.space = space or DefineByRun(spec)
+        self.space, self.more = space or DefineByRun(spec), more
         self.storage = storage
         self.study = optuna.create_study(
             storage=storage,
@@ -79,11 +86,14 @@ class RSTSearch(Searcher):
         self._failures: dict[str, str] = {}
         self._completed: set[str] = set()
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if trial_id in self._records:
             return self._records[trial_id].to_config()
         for _ in range(MAX_DRAWS):
-            trial = self._orphan() or self.study.ask()
+            trial = self._orphan()
+            if trial is None and self.more is not None and (allowed := self.more(self.study)) is not True:
+                return None if allowed is None else Searcher.FINISHED
+            trial = trial or self.study.ask()
             record = self.space(trial)
             for key, value in record.to_user_attrs().items():
                 trial.set_user_attr(key, value)

@@ -11,10 +11,13 @@ import math
 import random
 from typing import Any
 
+import numpy as np
+import optuna
+
 from rst_tune.config import ConfigError, TrainConfig, load_config
 from rst_tune.schedules import Schedule, make_schedule
 from rst_tune.search.record import TrialRecord
-from rst_tune.search.spec import Dimension, SearchSpec
+from rst_tune.search.spec import MIN_SEEDS, Dimension, SearchSpec
 
 
 def trial_seed(search_seed: int, trial_number: int) -> int:
@@ -86,6 +89,90 @@ class DefineByRun:
         config = trial_config(self.spec, overrides, trial_seed(self.spec.seed, trial.number))
         searched = set(self.spec.dimensions) | ({"schedule"} if self.spec.schedule else set())
         return TrialRecord(config, describe(config, searched), trial.number, baseline_name(config))
+
+
+class _RandomTrial:
+    """Stands in for an Optuna trial: draws each value uniformly (log ones on their log scale)."""
+
+    number = 0
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng, self.params = rng, {}
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        self.params[name] = choices[int(self.rng.integers(len(choices)))]
+        return self.params[name]
+
+    def suggest_float(self, name: str, low: float, high: float, *, step=None, log=False) -> float:
+        if log:
+            value = math.exp(self.rng.uniform(math.log(low), math.log(high)))
+        else:
+            value = self.rng.uniform(low, high)
+        if step:
+            value = min(low + round((value - low) / step) * step, high)
+        self.params[name] = float(value)
+        return self.params[name]
+
+    def suggest_int(self, name: str, low: int, high: int, *, step=1, log=False) -> int:
+        value = int(round(self.suggest_float(name, low, high, step=step, log=log)))
+        self.params[name] = value
+        return value
+
+
+class Coordinates:
+    """A spec's configurations as a model of the space sees them (`KnownCostSampler`'s `Space`): drawn
+    at random, as coordinates in [0, 1] (family, p̄, each family's searched shape, the other searched
+    settings with their off switches), and with the cost of training them: (1 + p̄) × epochs / the
+    spec's epochs × the spec's batch size / batch size, 2 for SAM at the spec's settings."""
+
+    def __init__(self, spec: SearchSpec):
+        self.spec, self.space, self.base = spec, DefineByRun(spec), spec.train_config()
+        self._records: dict[tuple, TrialRecord] = {}  # a proposal's candidates, each asked thrice
+
+    def draw(self, rng: np.random.Generator) -> dict[str, Any]:
+        trial = _RandomTrial(rng)
+        self.space(trial)
+        return trial.params
+
+    def record(self, params: dict[str, Any]) -> TrialRecord:
+        key = tuple(sorted(params.items()))
+        if key not in self._records:
+            if len(self._records) >= 4096:
+                self._records.clear()
+            self._records[key] = self.space(optuna.trial.FixedTrial(params))
+        return self._records[key]
+
+    def features(self, params: dict[str, Any]) -> list[float]:
+        config = self.record(params).train
+        schedule, values = config.schedule.build(), []
+        for name, family in self.spec.schedule.items():
+            spelt = family.values_of(schedule) if name == schedule.name else {}
+            values.append(float(name == schedule.name))
+            values += [
+                dim.unit(spelt[key]) if spelt else 0.5
+                for key, dim in family.params.items()
+                if isinstance(dim, Dimension)
+                and param_name(name, key, family.in_coordinates) != "schedule.mean"
+            ]
+        values.append(schedule.mean())
+        for key, dim in self.spec.dimensions.items():
+            value = getattr(config, key)
+            if dim.optional:
+                values.append(float(value is not None))
+            values.append(dim.unit(value) if value is not None else 0.5)
+        return values
+
+    def cost(self, params: dict[str, Any]) -> float:
+        train = self.record(params).train
+        return (
+            train.schedule.build().expected_cost()
+            * (train.epochs / self.base.epochs)
+            * (self.base.batch_size / train.batch_size)
+        )
+
+    def admissible(self, params: dict[str, Any]) -> bool:
+        budget = self.spec.budget
+        return budget is None or self.record(params).expected_cost <= budget
 
 
 def trial_config(spec: SearchSpec, overrides: dict[str, Any], seed: int) -> TrainConfig:
@@ -177,9 +264,12 @@ def summary(spec: SearchSpec) -> str:
         f"searching {searched}, {len(points_to_evaluate(spec))} points first"
     )
     if spec.confirm.seeds:
+        seeds = f"{spec.confirm.seeds} fresh seeds"
+        if spec.confirm.sequential:
+            seeds = f"{MIN_SEEDS} fresh seeds, up to {spec.confirm.seeds} where the front is undecided"
         line += (
             f"; then the front (at most {spec.confirm.max_points} points within "
-            f"{spec.confirm.margin:g} of it) and SGD and SAM again with {spec.confirm.seeds} fresh seeds"
+            f"{spec.confirm.margin:g} of it) and SGD and SAM again with {seeds}"
         )
     return "\n".join([line, *(f"warning: {warning}" for warning in grst_warnings(spec))])
 

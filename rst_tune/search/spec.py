@@ -14,7 +14,8 @@ from rst_tune.schedules import Schedule, make_schedule, schedule_at, schedule_co
 from rst_tune.search.objectives import COSTS, OBJECTIVES
 from rst_tune.search.settings import Lines, RunSettings, Strict, load_settings, parse_settings
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "known_cost")
+MIN_SEEDS = 2  # the fewest seeds an interval needs
 
 
 class Dimension(Strict):
@@ -101,23 +102,32 @@ class ScheduleFamily(Strict):
 
 class Sampler(Strict):
     name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
-    startup_trials: int | None = Field(None, ge=0, description="random trials before TPE/GP model the space")
+    startup_trials: int | None = Field(
+        None, ge=0, description="complete trials before TPE, GP or known_cost model the space"
+    )
 
 
 class EarlyStopping(Strict):
-    rule: Literal["none", "asha", "pareto_fair"] = "none"
+    rule: Literal["none", "asha", "pareto_fair", "hypervolume"] = "none"
     grace_epochs: int = Field(1, ge=1, description="no trial is stopped before this many epochs")
     reduction_factor: float = Field(3.0, gt=1, description="asha only")
     min_dominating: int = Field(
         1, ge=1, description="pareto_fair: stop when this many cheaper-or-equal trials beat it"
     )
+    margin: float = Field(
+        0.01, ge=0.0, le=1.0, description="hypervolume: val_accuracy added to the optimistic bound"
+    )
 
 
 class Confirm(Strict):
     """After the search, train the front and the points within `margin` of it (at most `max_points` of
-    them), and the SGD and SAM baselines, again with `seeds` fresh seeds (0: no confirmation)."""
+    them), and the SGD and SAM baselines, again with fresh seeds (`seeds` 0: no confirmation):
+    `seeds` each, or with `sequential`, two each and then one at a time to the points whose place on
+    the front is undecided at `confidence`, up to `seeds` each."""
 
-    seeds: int = Field(3, ge=0, description="fresh seeds per confirmed point; 0 turns confirmation off")
+    seeds: int = Field(3, ge=0, description="fresh seeds per confirmed point (the most, when sequential)")
+    sequential: bool = Field(True, description="spend seeds only where the front is undecided")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="the level of the paired intervals")
     margin: float = Field(
         0.01, ge=0.0, le=1.0, description="also confirm points within this val_accuracy of the front"
     )
@@ -127,8 +137,8 @@ class Confirm(Strict):
 
     @model_validator(mode="after")
     def _enough_seeds(self) -> Confirm:
-        if self.seeds == 1:
-            raise ValueError("an interval needs at least 2 seeds (0 turns confirmation off)")
+        if 0 < self.seeds < MIN_SEEDS:
+            raise ValueError(f"an interval needs at least {MIN_SEEDS} seeds (0 turns confirmation off)")
         return self
 
 
@@ -209,6 +219,12 @@ class SearchSpec(RunSettings):
         if self.objective != "accuracy_under_budget" and self.budget is not None:
             raise ConfigError(
                 f"only used by objective accuracy_under_budget, not {self.objective}", key="budget"
+            )
+        if self.sampler.name == "known_cost" and self.objective == "acc_per_prop":
+            raise ConfigError(
+                "known_cost models accuracy against a known cost: use objective pareto or "
+                "accuracy_under_budget",
+                key=("sampler", "name"),
             )
         if self.early_stopping.rule == "asha" and self.objective == "pareto":
             raise ConfigError(

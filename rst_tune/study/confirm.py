@@ -1,14 +1,16 @@
 """The seed-confirmed front of a search.
 
 After the search, its front and the trials within `confirm.margin` val_accuracy of it (at most
-`confirm.max_points`, closest first), and the SGD and SAM baselines, are trained again with `confirm.seeds`
-fresh seeds: none of them selected a point, which would carry the winner's curse into the intervals.
-They run as a study in the search's folder (`confirm/`: its own Optuna study, Ray experiment, resume
-and MLflow parent run), paired across points: seed k of every point is the same seed.
+`confirm.max_points`, closest first), and the SGD and SAM baselines, are trained again with fresh
+seeds: none of them selected a point, which would carry the winner's curse into the intervals. They
+run as a study in the search's folder (`confirm/`: its own Optuna study, Ray experiment, resume and
+MLflow parent run), paired across points: seed k of every point is the same seed. Each point gets
+`confirm.seeds` seeds, or with `confirm.sequential` (the default) two, then more one at a time only
+while its place is undecided (rst_tune.study.sequential).
 
 A confirmed point stays on the confirmed front unless another confirmed point costs no more (mean over
-its seeds, on the search's cost axis) and is more accurate on validation, with a paired 95 % interval
-of the difference above zero.
+its seeds, on the search's cost axis) and is more accurate on validation, with a paired interval (at
+`confirm.confidence`, 95 %) of the difference above zero.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from rst_tune.search.runner import RunCallback, read_search_report
 from rst_tune.search.settings import RunSettings
 from rst_tune.search.spec import SearchSpec, parse_spec
 from rst_tune.study.runner import run_study
+from rst_tune.study.sequential import MIN_SEEDS
 from rst_tune.study.spec import StudySpec, parse_study
 from rst_tune.study.stats import paired, spread
 
@@ -82,6 +85,9 @@ def confirmation_settings(spec: SearchSpec, rows: Sequence[TrialRow], used_seeds
             for row in rows
         ],
         "seeds": spec.confirm.seeds,
+        "sequential": spec.confirm.sequential,
+        "confidence": spec.confirm.confidence,
+        "cost": spec.cost,
         "seed": fresh_seed(used_seeds, spec.confirm.seeds, spec.seed),
     }
 
@@ -111,7 +117,10 @@ def run_confirmation(
         used = {row.seed for row in report.trials if row.seed is not None}
         values = confirmation_settings(spec, rows, used)
         study = parse_study(values, str(folder.spec_file))
-    out(f"confirming {len(study.configurations)} points of the front with {study.seeds} fresh seeds each")
+    seeds = f"{study.seeds} fresh seeds each"
+    if study.sequential:
+        seeds = f"{MIN_SEEDS} to {study.seeds} fresh seeds each, more only where undecided"
+    out(f"confirming {len(study.configurations)} points of the front with {seeds}")
     run_study(
         values, study, folder.path, address=address, resume=begun, callbacks=track(folder, study), out=out
     )
@@ -129,14 +138,14 @@ def confirmed_report(search_dir: str | Path, cost: str | None = None) -> ParetoR
         storage = folder.study_storage()
         if study.name in optuna.get_all_study_names(storage):  # not before its first trial was asked
             rows = trial_rows(optuna.load_study(study_name=study.name, storage=storage))
-            report.confirmed = confirmed_points(rows, report.cost)
+            report.confirmed = confirmed_points(rows, report.cost, study.confidence)
     write_report(report, search.path)
     return report
 
 
-def confirmed_points(rows: Sequence[TrialRow], cost: str) -> list[ConfirmedPoint]:
-    """Each confirmed configuration's means and intervals over its complete seeds, and whether it stays
-    on the confirmed front (see the module's rule)."""
+def confirmed_points(rows: Sequence[TrialRow], cost: str, confidence: float = 0.95) -> list[ConfirmedPoint]:
+    """Each confirmed configuration's means and 95 % intervals over its complete seeds, and whether it
+    stays on the confirmed front (see the module's rule, with paired intervals at `confidence`)."""
     seeds: dict[str, dict[int, TrialRow]] = {}
     for row in rows:
         if row.state == "COMPLETE":
@@ -162,7 +171,9 @@ def confirmed_points(rows: Sequence[TrialRow], cost: str) -> list[ConfirmedPoint
             if other == label or means[other] > means[label] or len(common) < 2:
                 continue
             difference = paired(
-                [other_seeds[k].val_accuracy for k in common], [by_seed[k].val_accuracy for k in common]
+                [other_seeds[k].val_accuracy for k in common],
+                [by_seed[k].val_accuracy for k in common],
+                confidence,
             )
             if difference.ci_low > 0:
                 beaten_by = int(_LABEL.match(other).group(1))

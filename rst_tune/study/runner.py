@@ -10,23 +10,57 @@ from typing import Any
 import optuna
 
 from rst_tune.search.folder import RunFolder
-from rst_tune.search.record import TrialRecord
-from rst_tune.search.runner import RunCallback, RunPlan, run_trials
+from rst_tune.search.record import TrialRecord, TrialRow, trial_rows
+from rst_tune.search.runner import RunCallback, RunPlan, ended, run_trials
 from rst_tune.search.space import baseline_name
 from rst_tune.study.report import StudyReport, build_study_report, write_study_report
+from rst_tune.study.sequential import DONE, WAIT, next_seed
 from rst_tune.study.spec import StudySpec, parse_study
 
 
 class StudyPlan:
     """The define-by-run function of a study: Optuna trial n trains configuration n mod C at seed
-    index n div C, so every configuration's first seed runs before any second one."""
+    index n div C, so every configuration's first seed runs before any second one; or, when the study
+    is `sequential`, the configuration and seed `rst_tune.study.sequential` gives next (a trial taken
+    up after an interrupted driver keeps its own)."""
 
     def __init__(self, spec: StudySpec):
-        self.spec = spec
+        self.spec, self.labels = spec, spec.labels()
+
+    def _next(self, study: optuna.Study, number: int) -> tuple[int, int] | str:
+        rows = [row for row in trial_rows(study) if row.number != number]
+        return self._following(rows)
+
+    def _following(self, rows: Sequence[TrialRow]) -> tuple[int, int] | str:
+        return next_seed(rows, self.labels, self.spec.seeds, self.spec.cost, self.spec.confidence)
+
+    def more(self, study: optuna.Study) -> bool | None:
+        """Whether a trial may start: True, None (not until a running one ends), False (done)."""
+        if not self.spec.sequential:
+            return True
+        following = self._next(study, -1)
+        return None if following == WAIT else following != DONE
+
+    def finished(self, rows: Sequence[TrialRow]) -> bool:
+        """Whether the study has run every trial it will."""
+        if not self.spec.sequential:
+            return ended(rows) >= self.spec.num_samples
+        return self._following(rows) == DONE
 
     def __call__(self, trial: Any) -> TrialRecord:
         count = len(self.spec.configurations)
         index, seed_index = trial.number % count, trial.number // count
+        if self.spec.sequential:
+            own = trial.user_attrs
+            if own.get("configuration") in self.labels and own.get("seed_index") is not None:
+                index, seed_index = self.labels.index(own["configuration"]), own["seed_index"]
+            else:
+                following = self._next(trial.study, trial.number)
+                if isinstance(following, str):
+                    raise RuntimeError(
+                        f"trial {trial.number}: the sequential study has nothing to run ({following})"
+                    )
+                index, seed_index = following
         if seed_index >= self.spec.seeds:
             raise RuntimeError(f"trial {trial.number} is beyond the study's {self.spec.num_samples} trials")
         config = self.spec.train_config_of(index, seed_index)
@@ -62,7 +96,15 @@ def run_study(
         f"{spec.name} in {run_dir}: {len(spec.configurations)} configurations × {spec.seeds} seeds = "
         f"{spec.num_samples} trials of {spec.train_config().epochs} epochs, {spec.max_concurrent} at a time"
     )
-    plan = RunPlan(spec.search_spec(), StudyPlan(spec), header, study_report)
+    study_plan = StudyPlan(spec)
+    plan = RunPlan(
+        spec.search_spec(),
+        study_plan,
+        header,
+        study_report,
+        more=study_plan.more,
+        finished=study_plan.finished,
+    )
     return run_trials(
         plan,
         values,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from rst_tune.config import ConfigError, TrainConfig, load_config
+from rst_tune.search.objectives import COSTS
 from rst_tune.search.settings import Lines, RunSettings, load_settings, parse_settings
 from rst_tune.search.space import baseline_name, describe
 from rst_tune.search.spec import SearchSpec
@@ -29,11 +30,22 @@ class StudySpec(RunSettings):
     name: str = Field("study", pattern=r"^[A-Za-z0-9_.-]+$")
     configurations: list[dict[str, Any]] = Field(min_length=1)
     seeds: int = Field(5, ge=2, description="seeds per configuration (at least 2 for a standard deviation)")
+    sequential: bool = Field(
+        False,
+        description="give seeds one at a time to the configurations whose place on the front of "
+        "val_accuracy against cost is undecided, up to `seeds` each (rst_tune.study.sequential)",
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="the level of the paired intervals")
+    cost: Literal[COSTS] = Field("propagations", description="the cost axis `sequential` orders by")  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _check_configurations(self) -> StudySpec:
         if "seed" in self.train:
             raise ConfigError(STUDY_WIDE["seed"], key=("train", "seed"))
+        if self.sequential and self.train_config().val_size == 0:
+            raise ConfigError(
+                "sequential seeds decide on validation data: 0 leaves none", key=("train", "val_size")
+            )
         labels: dict[str, int] = {}
         for index in range(len(self.configurations)):
             self.resources.check(self.train_config_of(index), ("configurations", str(index)))
@@ -71,13 +83,18 @@ class StudySpec(RunSettings):
 
     @property
     def num_samples(self) -> int:
+        """Its trials: every configuration at every seed (at most that, when `sequential`)."""
         return len(self.configurations) * self.seeds
+
+    def labels(self) -> list[str]:
+        return [self.label(index) for index in range(len(self.configurations))]
 
     def summary(self) -> str:
         """What the study will run (`rst-tune study --check`): a line, then a line per configuration."""
+        most = "at most " if self.sequential else ""
         lines = [
-            f"{len(self.configurations)} configurations × {self.seeds} seeds = {self.num_samples} trials of "
-            f"{self.train_config().epochs} epochs:"
+            f"{len(self.configurations)} configurations × {most}{self.seeds} seeds = "
+            f"{most}{self.num_samples} trials of {self.train_config().epochs} epochs:"
         ]
         for index in range(len(self.configurations)):
             cost = self.train_config_of(index).schedule.build().expected_cost()

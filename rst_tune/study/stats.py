@@ -56,9 +56,9 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Comparison:
     return Comparison(difference, float(result.pvalue), float(interval.low), float(interval.high))
 
 
-def paired(a: Sequence[float], b: Sequence[float]) -> Comparison:
+def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Comparison:
     """a − b over pairs (the same seed): mean difference, the paired t-test's two-sided p-value and its
-    95 % interval; nan where undefined (fewer than 2 pairs, or every difference equal)."""
+    interval at `confidence`; nan where undefined (fewer than 2 pairs, or every difference equal)."""
     if len(a) != len(b):
         raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
     if not a:
@@ -68,5 +68,5 @@ def paired(a: Sequence[float], b: Sequence[float]) -> Comparison:
     if len(a) < 2 or len(set(differences)) == 1:
         return Comparison(mean, math.nan)
     result = stats.ttest_rel(a, b)
-    interval = result.confidence_interval(0.95)
+    interval = result.confidence_interval(confidence)
     return Comparison(mean, float(result.pvalue), float(interval.low), float(interval.high))
