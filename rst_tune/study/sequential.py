@@ -1,21 +1,27 @@
 """Sequential, paired seeds: a study that spends its seeds where the front is still undecided.
 
-Every configuration first gets `MIN_SEEDS` seeds. Then a configuration's place is decided against
-each configuration that costs no more (mean over its seeds, on the cost axis): decided when the paired
-interval of the cheaper one's val_accuracy minus its own, over their common seeds, excludes zero
-(either it is beaten, and off the front, or it beats the cheaper one there). A configuration already
-beaten by one cheaper rival is decided whatever the others say. Each further seed goes to a member
-of an undecided pair, the one with the fewest seeds (then the cheapest), so that pairs stay paired:
-seed k of every configuration is the same seed. The study ends when no pair is undecided or every
-undecided configuration has its `seeds`; the front is then read by the same rule
-(`rst_tune.study.confirm.confirmed_points`).
+The front's rule (`rst_tune.study.confirm`): a configuration leaves it only when one that costs no
+more (mean over its seeds, on the cost axis) is more accurate on validation, with the paired interval
+of the difference, over their common seeds, above zero. So a configuration's place is undecided
+while some cheaper one is ahead of it on average but not yet by that interval; it is decided once one
+such rival beats it, or once no cheaper one is ahead. A pair that `seeds` seeds could not decide
+gets no more (futility, as a sequential trial stops): its mean difference is below the half-width
+that `seeds` pairs with its spread so far would give.
+
+Every configuration first gets `MIN_SEEDS` seeds. Each further seed goes to a member of a pair still
+open, the one with the fewest seeds (then the cheapest), so that pairs stay paired: seed k of every
+configuration is the same seed. The study ends when no pair is open or every open configuration has
+its `seeds`.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from itertools import combinations
+
+from scipy import stats
 
 from rst_tune.search.record import TrialRow
 from rst_tune.search.spec import MIN_SEEDS
@@ -36,26 +42,43 @@ def compare(better: dict[int, TrialRow], worse: dict[int, TrialRow], confidence:
     )
 
 
-def undecided(done: dict[str, dict[int, TrialRow]], cost: str, confidence: float) -> set[str]:
-    """The configurations (by label) of a pair whose order is undecided (see the module)."""
-    means = {label: spread([getattr(r, cost) for r in seeds.values()]).mean for label, seeds in done.items()}
-    beaten, open_pairs = set(), []
+def futile(differences: Sequence[float], seeds: int, confidence: float) -> bool:
+    """Whether `seeds` pairs could not decide differences like these: their mean is below the
+    half-width of the interval that `seeds` pairs with their spread would give."""
+    half = stats.t.ppf((1 + confidence) / 2, seeds - 1) * statistics.stdev(differences) / math.sqrt(seeds)
+    return abs(statistics.fmean(differences)) < half
+
+
+def open_pairs(
+    done: dict[str, dict[int, TrialRow]], cost: str, confidence: float, seeds: int
+) -> list[tuple[str, str]]:
+    """The open pairs (cheaper, dearer) by label: the cheaper one ahead of the dearer one, which is not
+    beaten yet, by a difference `seeds` seeds could show (see the module)."""
+    means = {label: spread([getattr(r, cost) for r in got.values()]).mean for label, got in done.items()}
+    beaten, pairs = set(), []
     for a, b in combinations(sorted(done), 2):
         cheap, dear = (a, b) if means[a] <= means[b] else (b, a)
         difference = compare(done[cheap], done[dear], confidence)
         if difference is not None and difference.ci_low > 0:
             beaten.add(dear)
-        elif difference is None or not difference.ci_high < 0:
-            open_pairs.append((cheap, dear))
-    return {label for pair in open_pairs if pair[1] not in beaten for label in pair}
+        elif difference is None:
+            pairs.append((cheap, dear))
+        elif difference.difference > 0:  # the cheaper one is ahead: more seeds may show it beats
+            common = sorted(set(done[cheap]) & set(done[dear]))
+            gaps = [done[cheap][k].val_accuracy - done[dear][k].val_accuracy for k in common]
+            if not futile(gaps, seeds, confidence):
+                pairs.append((cheap, dear))
+    return [pair for pair in pairs if pair[1] not in beaten]
 
 
 def next_seed(
     rows: Sequence[TrialRow], labels: Sequence[str], seeds: int, cost: str, confidence: float
 ) -> tuple[int, int] | str:
     """The (configuration index, seed index) to train next, given the study's trials so far; WAIT
-    while running trials may still decide it, DONE when nothing is undecided or no seed is left."""
+    while running trials may still decide it, DONE when nothing is undecided or no seed is left. A
+    seed that failed is not trained again: the configuration's next seed takes its place."""
     assigned: dict[str, set[int]] = {label: set() for label in labels}
+    flying: dict[str, set[int]] = {label: set() for label in labels}  # started, not ended
     done: dict[str, dict[int, TrialRow]] = {label: {} for label in labels}
     for row in rows:
         if row.record is None or row.configuration not in assigned:
@@ -63,7 +86,9 @@ def next_seed(
         assigned[row.configuration].add(row.record.seed_index)
         if row.state == "COMPLETE":
             done[row.configuration][row.record.seed_index] = row
-    running = any(len(done[label]) < len(assigned[label]) for label in labels)
+        elif row.state in ("RUNNING", "WAITING"):
+            flying[row.configuration].add(row.record.seed_index)
+    running = any(flying.values())
 
     def pick(among: Sequence[str]) -> tuple[int, int]:
         def order(name: str) -> tuple[int, float, int]:
@@ -76,10 +101,11 @@ def next_seed(
     short = [label for label in labels if len(assigned[label]) < MIN_SEEDS]
     if short:
         return pick(short)
-    if running and any(len(done[label]) < MIN_SEEDS for label in labels):
+    if running and any(len(done[label]) < MIN_SEEDS and flying[label] for label in labels):
         return WAIT
-    open_labels = undecided({k: v for k, v in done.items() if v}, cost, confidence)
-    more = [label for label in labels if label in open_labels and len(assigned[label]) < seeds]
+    pairs = open_pairs({k: v for k, v in done.items() if v}, cost, confidence, seeds)
+    ready = [(a, b) for a, b in pairs if not (flying[a] | flying[b])]  # the others wait for theirs
+    more = [label for label in labels if any(label in p for p in ready) and len(assigned[label]) < seeds]
     if more:
         return pick(more)
     return WAIT if running else DONE
