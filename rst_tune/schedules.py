@@ -40,6 +40,10 @@ def _unit(value: float) -> float:
     return min(max(value, 0.0), 1.0)  # rounding only: the maps below stay in [0, 1] exactly
 
 
+def _tilt(value: float) -> float:
+    return min(max(value, -1.0), 1.0)  # rounding only, as _unit
+
+
 def _ramp(mean: float, tilt: float) -> dict[str, float]:
     """Ends of a ramp of mean `mean`: tilt 1 rises as steeply as [0, 1] allows, -1 falls so."""
     half = tilt * min(mean, 1 - mean)
@@ -49,12 +53,12 @@ def _ramp(mean: float, tilt: float) -> dict[str, float]:
 def _ramp_coordinates(p_start: float, p_end: float) -> dict[str, float]:
     mean = (p_start + p_end) / 2
     room = min(mean, 1 - mean)
-    return {"mean": mean, "tilt": (p_end - p_start) / (2 * room) if room > 0 else 0.0}
+    return {"mean": mean, "tilt": _tilt((p_end - p_start) / (2 * room) if room > 0 else 0.0)}
 
 
 def _step_room(mean: float, switch: float) -> tuple[float, float]:
     """How far p_late − p_early can rise and fall at this mean and switch, both levels in [0, 1]."""
-    early, late = 1 - switch, switch  # how much of training each level covers
+    early, late = 1 - switch, switch  # how far a unit jump moves p_early down and p_late up
     rise = min(mean / early if early else math.inf, (1 - mean) / late if late else math.inf)
     fall = min((1 - mean) / early if early else math.inf, mean / late if late else math.inf)
     return rise, fall
@@ -73,7 +77,7 @@ def _step(mean: float, tilt: float, switch: float) -> dict[str, float]:
 def _step_coordinates(p_early: float, p_late: float, switch: float) -> dict[str, float]:
     mean, jump = switch * p_early + (1 - switch) * p_late, p_late - p_early
     room = _step_room(mean, switch)[0 if jump >= 0 else 1]
-    return {"mean": mean, "tilt": jump / room if room > 0 else 0.0, "switch": switch}
+    return {"mean": mean, "tilt": _tilt(jump / room if room > 0 else 0.0), "switch": switch}
 
 
 _FAMILIES: dict[str, _Family] = {
@@ -149,10 +153,15 @@ def schedule_params(name: str) -> tuple[str, ...]:
     return _FAMILIES[name].params
 
 
+def canonical(name: str) -> str:
+    """The family a schedule name (or alias) builds."""
+    return ALIASES[name][0] if name in ALIASES else name
+
+
 def schedule_coordinates(name: str) -> tuple[str, ...]:
     """The coordinates of a schedule family: `mean` (p̄) first where it varies, then its shape."""
     schedule_params(name)  # an unknown name raises here
-    return _FAMILIES[ALIASES[name][0] if name in ALIASES else name].coordinates
+    return _FAMILIES[canonical(name)].coordinates
 
 
 @dataclass(frozen=True)
@@ -218,6 +227,6 @@ def schedule_at(name: str, **coordinates: float) -> Schedule:
         low = -1.0 if key == "tilt" else 0.0
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 1.0:
             raise ValueError(f"schedule {name!r}: {key}={value!r} must be a number in [{low:g}, 1]")
-    family = name if name not in ALIASES else ALIASES[name][0]
+    family = canonical(name)
     convert = _FAMILIES[family].from_coordinates
     return make_schedule(family, **(convert(**coordinates) if convert else coordinates))

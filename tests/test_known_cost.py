@@ -205,4 +205,10 @@ def test_sequential_confirmation_spends_seeds_only_where_the_front_is_undecided(
     assert next_seed(running, list(decided), 3, "propagations", 0.95) == WAIT
     # a failed seed is not trained again: the pair is open without two common seeds, seed 2 follows
     failed = [*rows[:3], confirmation_row(3, "trial 2: b", 1, 0.0, 0, "FAIL")]
-    assert next_seed(failed, list(decided), 3, "propagations", 0.95) == (0, 2)
+    assert next_seed(failed, list(decided), 3, "propagations", 0.95) == (1, 2)  # b needs a 2nd result
+    a_only = [row for row in rows if row.configuration == "trial 1: a"]
+    both = a_only + [confirmation_row(n, "trial 2: b", n - 2, 0.0, 0, "FAIL") for n in (2, 3)]
+    assert next_seed(both, list(decided), 3, "propagations", 0.95) == (1, 2)
+    # two points of equal cost: either may beat the other, so the one ahead gets the seeds
+    tie = {"trial 1: a": ([0.70, 0.72, 0.71], 100), "trial 2: b": ([0.73, 0.74, 0.735], 100)}
+    assert len(_confirm(tie, seeds=3)) == 2 * MIN_SEEDS + 2

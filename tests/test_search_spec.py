@@ -8,7 +8,7 @@ import yaml
 
 from rst_tune.config import ConfigError
 from rst_tune.search import load_spec, parse_spec
-from rst_tune.search.space import DefineByRun, optuna_params, points_to_evaluate, trial_seed
+from rst_tune.search.space import Coordinates, DefineByRun, optuna_params, points_to_evaluate, trial_seed
 
 SPACES = sorted(
     p
@@ -217,6 +217,37 @@ def test_a_space_in_coordinates_knows_each_trials_cost_from_its_mean():
         parse_spec({"space": {"schedule": {"linear": {"mean": {"low": 0, "high": 1}}}}, "baselines": False})
     with pytest.raises(ConfigError, match=r"linear takes mean, tilt, or p_start, p_end"):
         parse_spec({"space": {"schedule": {"linear": {"mean": 0.5, "p_end": 1}}}, "baselines": False})
+
+
+def test_the_authors_names_and_coordinates_build_the_same_schedules():
+    """piecewise1 (step_up with its p) is searched in its own parameter or in coordinates; a point at
+    the edge of a family's range converts to coordinates inside it; families in coordinates share
+    schedule.mean, so they must give it the same range."""
+    for family in ({"p": {"low": 0.1, "high": 0.9}}, {"mean": {"low": 0.1, "high": 0.9}}):
+        spec = parse_spec({"space": {"schedule": {"piecewise1": family}}, "baselines": False})
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        for _ in range(5):
+            trial = study.ask()
+            record = DefineByRun(spec)(trial)
+            switch = record.train.schedule.build().params["switch"]
+            value = trial.params.get("schedule.piecewise1.p", trial.params.get("schedule.mean"))
+            assert switch == pytest.approx(value if "p" in family else 1 - value, abs=1e-12)
+            assert Coordinates(spec).features(trial.params)[0] == 1.0  # its family, by its alias
+    _, spec = load_spec(SPACES[[p.stem for p in SPACES].index("default")])
+    edge = {"schedule": {"name": "linear", "params": {"p_start": 0.1, "p_end": 1.0}}}
+    assert optuna_params(spec, edge)["schedule.linear.tilt"] == 1.0
+    with pytest.raises(ConfigError, match=r"space\.schedule\.linear\.mean: every family in coordinates"):
+        parse_spec(
+            {
+                "space": {
+                    "schedule": {
+                        "constant": {"mean": {"low": 0, "high": 1}},
+                        "linear": {"mean": {"low": 0.1, "high": 1}, "tilt": 0},
+                    }
+                },
+                "baselines": False,
+            }
+        )
 
 
 def test_an_error_carries_each_problem_with_its_key_and_line(tmp_path):

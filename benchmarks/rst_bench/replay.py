@@ -82,7 +82,7 @@ class Lookup:
         unit, switches = [], []
         if schedule.name in self.spec.schedule:
             family = self.spec.schedule[schedule.name]
-            spelt = family.values_of(schedule)
+            spelt = family.values_of(schedule.name, schedule)
             for name, dim in family.params.items():
                 if isinstance(dim, Dimension):
                     unit.append(dim.unit(spelt[name]))

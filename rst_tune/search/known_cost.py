@@ -2,15 +2,18 @@
 
 A configuration's cost, (1 + p̄) per step over its epochs, is fixed before it trains, so only accuracy
 needs a model: a Gaussian process (scikit-learn) over the configuration's coordinates (family, p̄,
-shape, ρ, the G-RST switch and weight). A candidate at cost c with predicted accuracy N(μ, σ²) is
-worth its expected hypervolume improvement, in closed form on the 2-D staircase: with F(c′) the best
-accuracy the front reaches at cost ≤ c′, EHVI = Σⱼ Δⱼ · EI(μ, σ; Fⱼ) over the steps j of F between c
-and the reference cost. The front is the model's mean at the trials it has seen (not their lucky
-seeds), with running trials added at their predicted mean (kriging believer). A proposal is priced by
-what it costs to train: the sampler proposes the candidate of largest EHVI / cost^α, with α falling
-from 1 to 0 over the search's trials (cost-cooling), so cheap regions are explored first but not
-forever. With one objective (accuracy under a budget) EHVI is the expected improvement; candidates
-over the budget are never proposed. A trial stopped early counts at the accuracy it had reached.
+shape, ρ, the G-RST switch and weight), fitted to every trial that reached an accuracy (a trial
+stopped early counts at the accuracy it had reached). A candidate at cost c with predicted accuracy
+N(μ, σ²) is worth its expected hypervolume improvement, in closed form on the 2-D staircase: with
+F(c′) the best accuracy the front reaches at cost ≤ c′, EHVI = Σⱼ Δⱼ · EI(μ, σ; Fⱼ) over the steps j
+of F between c and the reference cost. The front is the model's mean at the complete trials (not
+their lucky seeds), with running trials added at their predicted mean (kriging believer); the
+reference is the lowest predicted accuracy and the dearest cost in sight, so a configuration at that
+cost (SAM's, usually a baseline already) adds nothing. A proposal is priced by what it costs to train:
+the sampler proposes the candidate of largest EHVI / cost^α, with α falling from 1 to 0 over the
+search's trials (cost-cooling), so cheap regions are explored first but not forever. With one
+objective (accuracy under a budget) EHVI is the expected improvement; candidates over the budget are
+never proposed.
 """
 
 from __future__ import annotations

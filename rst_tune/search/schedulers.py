@@ -20,6 +20,7 @@ from collections import defaultdict
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from rst_tune.search.objectives import OBJECTIVES
+from rst_tune.search.record import known_compute
 from rst_tune.search.spec import SearchSpec
 
 # A result with a `failure` is the trainable's last before it raises: neither scheduler stops a
@@ -64,8 +65,9 @@ class HypervolumeScheduler(FIFOScheduler):
         return int((trial.config or {}).get("train", {}).get("epochs", self.epochs))
 
     def _cost(self, trial, result: dict) -> float:
-        """Known before training: (1 + p̄) per step over the trial's epochs."""
-        return result["expected_cost"] * self._epochs(trial)
+        """Known before training (`known_compute`)."""
+        train = (trial.config or {}).get("train", {})
+        return known_compute(result["expected_cost"], self._epochs(trial), train.get("batch_size", 1))
 
     def bound(self, epoch: int, accuracy: float) -> float:
         """The most a trial at `accuracy` after `epoch` epochs may end at, by the complete trials."""

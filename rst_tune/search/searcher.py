@@ -91,8 +91,14 @@ class RSTSearch(Searcher):
             return self._records[trial_id].to_config()
         for _ in range(MAX_DRAWS):
             trial = self._orphan()
-            if trial is None and self.more is not None and (allowed := self.more(self.study)) is not True:
-                return None if allowed is None else Searcher.FINISHED
+            if self.more is not None and (trial is None or "train" not in trial.user_attrs):
+                allowed = self.more(self.study)
+                if allowed is not True and trial is not None:  # left unconfigured, and nothing to give it
+                    trial.set_user_attr("state_reason", "not trained: an interrupted driver left it")
+                    self.study.tell(trial, state=TrialState.PRUNED)
+                    continue
+                if allowed is not True:
+                    return None if allowed is None else Searcher.FINISHED
             trial = trial or self.study.ask()
             record = self.space(trial)
             for key, value in record.to_user_attrs().items():

@@ -15,8 +15,8 @@ import numpy as np
 import optuna
 
 from rst_tune.config import ConfigError, TrainConfig, load_config
-from rst_tune.schedules import Schedule, make_schedule
-from rst_tune.search.record import TrialRecord
+from rst_tune.schedules import Schedule, canonical, make_schedule
+from rst_tune.search.record import TrialRecord, known_compute
 from rst_tune.search.spec import MIN_SEEDS, Dimension, SearchSpec
 
 
@@ -81,9 +81,11 @@ class DefineByRun:
                 else v
                 for k, v in searched.params.items()
             }
-            schedule = searched.schedule(family, values)
-            name = schedule.name if searched.in_coordinates else family
-            overrides["schedule"] = {"name": name, "params": dict(schedule.params)}
+            if searched.in_coordinates:  # the family's own parameters, as the engine takes them
+                schedule = searched.schedule(family, values)
+                overrides["schedule"] = {"name": schedule.name, "params": dict(schedule.params)}
+            else:
+                overrides["schedule"] = {"name": family, "params": values}
         for key, dim in self.spec.dimensions.items():
             overrides[key] = _suggest(trial, key, dim)
         config = trial_config(self.spec, overrides, trial_seed(self.spec.seed, trial.number))
@@ -114,7 +116,10 @@ class _RandomTrial:
         return self.params[name]
 
     def suggest_int(self, name: str, low: int, high: int, *, step=1, log=False) -> int:
-        value = int(round(self.suggest_float(name, low, high, step=step, log=log)))
+        if log:
+            value = int(round(self.suggest_float(name, low, high, log=True)))
+        else:
+            value = low + step * int(self.rng.integers((high - low) // step + 1))
         self.params[name] = value
         return value
 
@@ -128,6 +133,9 @@ class Coordinates:
     def __init__(self, spec: SearchSpec):
         self.spec, self.space, self.base = spec, DefineByRun(spec), spec.train_config()
         self._records: dict[tuple, TrialRecord] = {}  # a proposal's candidates, each asked thrice
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_records": {}}  # a cache: not worth a searcher's checkpoint
 
     def draw(self, rng: np.random.Generator) -> dict[str, Any]:
         trial = _RandomTrial(rng)
@@ -146,8 +154,9 @@ class Coordinates:
         config = self.record(params).train
         schedule, values = config.schedule.build(), []
         for name, family in self.spec.schedule.items():
-            spelt = family.values_of(schedule) if name == schedule.name else {}
-            values.append(float(name == schedule.name))
+            this = canonical(name) == schedule.name
+            spelt = family.values_of(name, schedule) if this else {}
+            values.append(float(this))
             values += [
                 dim.unit(spelt[key]) if spelt else 0.5
                 for key, dim in family.params.items()
@@ -163,11 +172,10 @@ class Coordinates:
         return values
 
     def cost(self, params: dict[str, Any]) -> float:
-        train = self.record(params).train
-        return (
-            train.schedule.build().expected_cost()
-            * (train.epochs / self.base.epochs)
-            * (self.base.batch_size / train.batch_size)
+        record = self.record(params)
+        train, base = record.train, self.base
+        return known_compute(record.expected_cost, train.epochs, train.batch_size) / known_compute(
+            1.0, base.epochs, base.batch_size
         )
 
     def admissible(self, params: dict[str, Any]) -> bool:
@@ -198,7 +206,7 @@ def optuna_params(
             params["schedule"] = name
             family = spec.schedule[name]
             try:
-                spelt = family.values_of(make_schedule(name, **values))
+                spelt = family.values_of(name, make_schedule(name, **values))
             except (TypeError, ValueError) as err:
                 raise ConfigError(str(err), key=(*where, "schedule", "params")) from None
             for param, dim in family.params.items():

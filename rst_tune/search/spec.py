@@ -10,7 +10,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from rst_tune.config import ConfigError, TrainConfig, load_config, validation_problems
-from rst_tune.schedules import Schedule, make_schedule, schedule_at, schedule_coordinates, schedule_params
+from rst_tune.schedules import (
+    ALIASES,
+    Schedule,
+    make_schedule,
+    schedule_at,
+    schedule_coordinates,
+    schedule_params,
+)
 from rst_tune.search.objectives import COSTS, OBJECTIVES
 from rst_tune.search.settings import Lines, RunSettings, Strict, load_settings, parse_settings
 
@@ -95,9 +102,13 @@ class ScheduleFamily(Strict):
         """The schedule of family `name` whose parameters, spelt as here, are `values`."""
         return schedule_at(name, **values) if self.in_coordinates else make_schedule(name, **values)
 
-    def values_of(self, schedule: Schedule) -> dict[str, float]:
-        """A schedule of this family spelt as here."""
-        return schedule.coordinates() if self.in_coordinates else dict(schedule.params)
+    def values_of(self, name: str, schedule: Schedule) -> dict[str, float]:
+        """A schedule of family `name` (an alias's schedule is built as its family) spelt as here."""
+        if self.in_coordinates:
+            return schedule.coordinates()
+        if name in ALIASES:
+            return {"p": schedule.params[ALIASES[name][1]]}
+        return dict(schedule.params)
 
 
 class Sampler(Strict):
@@ -313,6 +324,15 @@ def _schedule_families(raw: Any) -> dict[str, ScheduleFamily]:
                 except (ValueError, TypeError) as err:
                     raise ConfigError(str(err), key=(*where, key)) from None
         families[name] = ScheduleFamily(params=family, in_coordinates=in_coordinates)
+    means = {n: f.params["mean"] for n, f in families.items() if f.in_coordinates and "mean" in f.params}
+    first = next(iter(means), None)
+    for name, mean in means.items():
+        if mean != means[first]:
+            raise ConfigError(
+                f"every family in coordinates shares one Optuna parameter, schedule.mean: give it the "
+                f"same value or range as {first}'s",
+                key=("space", "schedule", name, "mean"),
+            )
     return families
 
 

@@ -28,9 +28,9 @@ from rst_tune.search.pareto import ConfirmedPoint, ParetoReport, write_report
 from rst_tune.search.record import TrialRow, trial_rows
 from rst_tune.search.runner import RunCallback, read_search_report
 from rst_tune.search.settings import RunSettings
-from rst_tune.search.spec import SearchSpec, parse_spec
+from rst_tune.search.spec import MIN_SEEDS, SearchSpec, parse_spec
 from rst_tune.study.runner import run_study
-from rst_tune.study.sequential import MIN_SEEDS
+from rst_tune.study.sequential import compare
 from rst_tune.study.spec import StudySpec, parse_study
 from rst_tune.study.stats import paired, spread
 
@@ -144,8 +144,9 @@ def confirmed_report(search_dir: str | Path, cost: str | None = None) -> ParetoR
 
 
 def confirmed_points(rows: Sequence[TrialRow], cost: str, confidence: float = 0.95) -> list[ConfirmedPoint]:
-    """Each confirmed configuration's means and 95 % intervals over its complete seeds, and whether it
-    stays on the confirmed front (see the module's rule, with paired intervals at `confidence`)."""
+    """Each confirmed configuration's means and 95 % intervals (Student t, whatever `confidence`) over
+    its complete seeds, and whether it stays on the confirmed front (the module's rule, its paired
+    intervals at `confidence`)."""
     seeds: dict[str, dict[int, TrialRow]] = {}
     for row in rows:
         if row.state == "COMPLETE":
@@ -167,15 +168,10 @@ def confirmed_points(rows: Sequence[TrialRow], cost: str, confidence: float = 0.
     for label, by_seed in seeds.items():
         beaten_by = None
         for other, other_seeds in seeds.items():
-            common = sorted(set(by_seed) & set(other_seeds))
-            if other == label or means[other] > means[label] or len(common) < 2:
+            if other == label or means[other] > means[label]:
                 continue
-            difference = paired(
-                [other_seeds[k].val_accuracy for k in common],
-                [by_seed[k].val_accuracy for k in common],
-                confidence,
-            )
-            if difference.ci_low > 0:
+            difference = compare(other_seeds, by_seed, confidence)
+            if difference is not None and difference.ci_low > 0:
                 beaten_by = int(_LABEL.match(other).group(1))
                 break
         val = spread([r.val_accuracy for r in by_seed.values()])

@@ -56,8 +56,10 @@ def open_pairs(
     beaten yet, by a difference `seeds` seeds could show (see the module)."""
     means = {label: spread([getattr(r, cost) for r in got.values()]).mean for label, got in done.items()}
     beaten, pairs = set(), []
-    for a, b in combinations(sorted(done), 2):
-        cheap, dear = (a, b) if means[a] <= means[b] else (b, a)
+    ordered = [(a, b) for x, y in combinations(sorted(done), 2) for a, b in ((x, y), (y, x))]
+    for cheap, dear in ordered:  # both ways when they cost the same
+        if means[cheap] > means[dear]:
+            continue
         difference = compare(done[cheap], done[dear], confidence)
         if difference is not None and difference.ci_low > 0:
             beaten.add(dear)
@@ -98,7 +100,12 @@ def next_seed(
         label = min(among, key=order)
         return labels.index(label), min(set(range(seeds)) - assigned[label])
 
-    short = [label for label in labels if len(assigned[label]) < MIN_SEEDS]
+    # too few seeds for an interval, none in flight, and seeds left (a failed seed counts as spent)
+    short = [
+        label
+        for label in labels
+        if len(done[label]) + len(flying[label]) < MIN_SEEDS and len(assigned[label]) < seeds
+    ]
     if short:
         return pick(short)
     if running and any(len(done[label]) < MIN_SEEDS and flying[label] for label in labels):
