@@ -13,18 +13,21 @@ from conftest import confirmation_row
 from optuna.trial import TrialState
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher
 from scipy import stats as scipy_stats
 
 from rst_tune.config import load_config
 from rst_tune.search import hypervolume, parse_spec
 from rst_tune.search.known_cost import KnownCostSampler, ehvi
 from rst_tune.search.pareto import pareto_front
-from rst_tune.search.record import TrialRecord, TrialRow
+from rst_tune.search.record import TrialRecord, TrialRow, trial_rows
 from rst_tune.search.schedulers import HypervolumeScheduler
-from rst_tune.search.searcher import build_sampler
+from rst_tune.search.searcher import RSTSearch, build_sampler
 from rst_tune.search.space import Coordinates, DefineByRun
 from rst_tune.study.confirm import confirmed_points
+from rst_tune.study.runner import StudyPlan
 from rst_tune.study.sequential import DONE, MIN_SEEDS, WAIT, next_seed
+from rst_tune.study.spec import parse_study
 
 FRONT = [(0.70, 1.0), (0.78, 1.3), (0.80, 1.6), (0.76, 1.5)]  # the last is dominated
 REFERENCE = (0.65, 2.0)
@@ -212,3 +215,42 @@ def test_sequential_confirmation_spends_seeds_only_where_the_front_is_undecided(
     # two points of equal cost: either may beat the other, so the one ahead gets the seeds
     tie = {"trial 1: a": ([0.70, 0.72, 0.71], 100), "trial 2: b": ([0.73, 0.74, 0.735], 100)}
     assert len(_confirm(tie, seeds=3)) == 2 * MIN_SEEDS + 2
+
+
+def test_a_sequential_study_ends_and_prunes_a_trial_a_killed_driver_left_unconfigured(tmp_path):
+    """Through the searcher Ray drives: a sequential study hands out its seeds, waits while they run,
+    and once the front is decided says FINISHED, pruning a trial an interrupted driver had asked but
+    never configured (it would otherwise stay RUNNING and block every resume)."""
+    study = parse_study(
+        {
+            "name": "sequential",
+            "train": {"epochs": 1},
+            "configurations": [
+                {"label": label, "schedule": {"name": "constant", "params": {"p": p}}}
+                for label, p in (("a", 0.0), ("b", 1.0))
+            ],
+            "seeds": 3,
+            "sequential": True,
+        }
+    )
+    plan = StudyPlan(study)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study.db")
+    searcher = RSTSearch(study.search_spec(), storage, enqueue=False, space=plan, more=plan.more)
+    configs = {trial_id: searcher.suggest(trial_id) for trial_id in "wxyz"}
+    assert sorted((c["configuration"], c["seed_index"]) for c in configs.values()) == [
+        ("a", 0),
+        ("a", 1),
+        ("b", 0),
+        ("b", 1),
+    ]
+    assert searcher.suggest("v") is None  # all four in flight: wait
+    orphan = searcher.study.ask()  # asked by a driver killed before it wrote the trial's record
+    for trial_id, config in configs.items():  # b, dearer, is far ahead: nothing is left to decide
+        accuracy = (0.6 if config["configuration"] == "a" else 0.8) + 0.01 * config["seed_index"]
+        cost = 100 if config["configuration"] == "a" else 200
+        row = confirmation_row(0, config["configuration"], config["seed_index"], accuracy, cost)
+        searcher.on_trial_complete(trial_id, dict(row.metrics))
+    assert searcher.suggest("u") == Searcher.FINISHED
+    left = searcher.study.trials[orphan.number]
+    assert left.state == TrialState.PRUNED and "interrupted driver" in left.user_attrs["state_reason"]
+    assert plan.finished(trial_rows(searcher.study))
