@@ -25,8 +25,6 @@ from rst_bench.problems import PROBLEMS, TABLES
 from rst_bench.table import Table, load_table
 from scipy import stats
 
-from rst_tune.schedules import make_schedule
-
 RESULTS = Path(__file__).resolve().parent / "rst_bench" / "results"
 PLOT = Path(__file__).resolve().parent / "rst_bench_landscape.png"
 GRID = np.linspace(0, 1, 201)
@@ -34,12 +32,7 @@ GRID = np.linspace(0, 1, 201)
 
 def shape_of(table: Table, c: int) -> tuple[float, float, float]:
     """p̄, the centre of mass of p(t) in t (0.5 for a constant; 0.5 where p ≡ 0), and p(0) − p(1)."""
-    params = {
-        k.removeprefix("schedule."): float(v[c])
-        for k, v in table.settings.items()
-        if k.startswith("schedule.") and not math.isnan(v[c])
-    }
-    schedule = make_schedule(table.families[c], **params)
+    schedule = table.schedule(c)
     p = np.array([schedule(t) for t in GRID])
     centre = float((GRID * p).mean() / p.mean()) if p.mean() > 0 else 0.5
     return float(table.expected_cost[c] - 1), centre, float(p[0] - p[-1])

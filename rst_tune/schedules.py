@@ -5,7 +5,7 @@ linear_mirror), their generalisations (linear, cosine, step), and the authors' n
 (piecewise1-3, linear1-2). Every schedule knows its exact mean p̄ = ∫₀¹ p(x) dx, so the expected
 cost of a run, 1 + p̄ propagation pairs per step, is known before it starts.
 
-Each family also has coordinates in which its cost is one of them (`COORDINATES`): `mean` (p̄), and
+Each family also has coordinates in which its cost is one of them (`schedule_coordinates`): `mean` (p̄), and
 shape parameters that leave p̄ unchanged: `tilt` in [-1, 1] (0 flat; 1 as many sharpness-aware steps
 late as the family allows at that mean, -1 as many early) and a step's `switch`. The paper's
 two_level and linear_mirror have p̄ = 0.5 whatever their `p`, which is all their coordinates.

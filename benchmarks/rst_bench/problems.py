@@ -151,7 +151,10 @@ VARIANTS: dict[str, tuple[Path | None, dict[str, Any]]] = {
     # each change of the default on its own (early stopping is the replay's own axis)
     "coordinates": (TABLE_SPACE, {"space": lambda: yaml.safe_load(SEARCH.read_text())["space"]}),
     "known_cost": (TABLE_SPACE, {"sampler": {"name": "known_cost"}}),
-    "sequential": (TABLE_SPACE, {"confirm": {"seeds": 3, "margin": 0.01, "max_points": 3}}),
+    "sequential": (
+        TABLE_SPACE,
+        {"confirm": {"seeds": 3, "margin": 0.01, "max_points": 3, "sequential": True}},
+    ),
 }
 """The searches a replay can run, by name (`rst_bench_replay.py --search`)."""
 

@@ -44,7 +44,7 @@ from rst_bench.metric import Truth
 from rst_bench.searchers import STOPPING, Searcher
 from rst_bench.table import Table
 from rst_tune.config import TrainConfig
-from rst_tune.schedules import Schedule, make_schedule
+from rst_tune.schedules import Schedule
 from rst_tune.search.pareto import build_report, pareto_front
 from rst_tune.search.record import TrialRecord, TrialRow
 from rst_tune.search.space import DefineByRun, points_to_evaluate
@@ -65,12 +65,7 @@ class Lookup:
         self.cells: dict[tuple, tuple[list[int], np.ndarray]] = {}
         for c in range(table.shape[0]):
             values = {k: v[c] for k, v in table.settings.items()}
-            params = {
-                k[len("schedule.") :]: float(v)
-                for k, v in values.items()
-                if k.startswith("schedule.") and not math.isnan(v)
-            }
-            key, unit = self._coordinates(make_schedule(table.families[c], **params), values)
+            key, unit = self._coordinates(table.schedule(c), values)
             rows, units = self.cells.setdefault(key, ([], []))
             rows.append(c)
             units.append(unit)
@@ -284,8 +279,10 @@ class Replay:
             record = TrialRecord(
                 config, labels[i], n, chosen[i].baseline, configuration=labels[i], seed_index=j
             )
+            if state != "COMPLETE":
+                return TrialRow(n, state, record, None, None, None, {})
             metrics = EpochMetrics.from_mapping(_metrics(self.table, cells[i], j, self.epochs))
-            return TrialRow(n, state, record, metrics if state == "COMPLETE" else None, None, None, {})
+            return TrialRow(n, state, record, metrics, None, None, {})
 
         now = trace.seconds
         while True:

@@ -24,6 +24,7 @@ file that is not such a table, that is incomplete, or whose space is not the pro
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rst_bench.problems import ROOT, Problem
+from rst_tune.schedules import Schedule, make_schedule
 from rst_tune.search.folder import RunFolder
 from rst_tune.search.record import trial_rows
 from rst_tune.study import read_study
@@ -80,6 +82,15 @@ class Table:
 
     def index(self, label: str) -> int:
         return self.labels.index(label)
+
+    def schedule(self, c: int) -> Schedule:
+        """Configuration `c`'s schedule, from its family and its (non-NaN) `schedule.*` settings."""
+        params = {
+            k.removeprefix("schedule."): float(v[c])
+            for k, v in self.settings.items()
+            if k.startswith("schedule.") and not math.isnan(v[c])
+        }
+        return make_schedule(self.families[c], **params)
 
     def sam_equivalents(self) -> np.ndarray:
         """[C, k, E]: the compute of training to each epoch, in full SAM trainings (2 propagations

@@ -133,15 +133,13 @@ class KnownCostSampler(optuna.samplers.BaseSampler):
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if t.number != number
         ]
-        model = self._fit(
-            np.array([self.space.features(t.params) for t in seen]), np.array([_accuracy(t) for t in seen])
-        )
-        done = [t for t in seen if t.state == TrialState.COMPLETE]
-        fitted, believed = (
-            model.predict(np.array([self.space.features(p) for p in configurations]))
-            if configurations
-            else np.zeros(0)
-            for configurations in ([t.params for t in done], pending)
+        x = np.array([self.space.features(t.params) for t in seen])
+        model = self._fit(x, np.array([_accuracy(t) for t in seen]))
+        complete = [t.state == TrialState.COMPLETE for t in seen]
+        done = [t for t, c in zip(seen, complete) if c]
+        fitted = model.predict(x[complete]) if done else np.zeros(0)
+        believed = (
+            model.predict(np.array([self.space.features(p) for p in pending])) if pending else np.zeros(0)
         )
         mean, sd = model.predict(np.array([self.space.features(c) for c in candidates]), return_std=True)
         cost = np.array([self.space.cost(c) for c in candidates])

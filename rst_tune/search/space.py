@@ -132,23 +132,26 @@ class Coordinates:
 
     def __init__(self, spec: SearchSpec):
         self.spec, self.space, self.base = spec, DefineByRun(spec), spec.train_config()
-        self._records: dict[tuple, TrialRecord] = {}  # a proposal's candidates, each asked thrice
+        self._records: dict[tuple, TrialRecord] = {}  # a proposal's candidates, each asked again
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_records": {}}  # a cache: not worth a searcher's checkpoint
 
     def draw(self, rng: np.random.Generator) -> dict[str, Any]:
         trial = _RandomTrial(rng)
-        self.space(trial)
+        self._keep(trial.params, self.space(trial))
         return trial.params
 
     def record(self, params: dict[str, Any]) -> TrialRecord:
         key = tuple(sorted(params.items()))
         if key not in self._records:
-            if len(self._records) >= 4096:
-                self._records.clear()
-            self._records[key] = self.space(optuna.trial.FixedTrial(params))
+            self._keep(params, self.space(optuna.trial.FixedTrial(params)))
         return self._records[key]
+
+    def _keep(self, params: dict[str, Any], record: TrialRecord) -> None:
+        if len(self._records) >= 4096:
+            self._records.clear()
+        self._records[tuple(sorted(params.items()))] = record
 
     def features(self, params: dict[str, Any]) -> list[float]:
         config = self.record(params).train

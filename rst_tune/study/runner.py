@@ -4,6 +4,7 @@ storage and MLflow logging, with a fixed plan in place of a sampler."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import optuna
 
 from rst_tune.search.folder import RunFolder
 from rst_tune.search.record import TrialRecord, TrialRow, trial_rows
-from rst_tune.search.runner import RunCallback, RunPlan, ended, run_trials
+from rst_tune.search.runner import RunCallback, RunPlan, run_trials
 from rst_tune.search.space import baseline_name
 from rst_tune.study.report import StudyReport, build_study_report, write_study_report
 from rst_tune.study.sequential import DONE, WAIT, next_seed
@@ -35,16 +36,13 @@ class StudyPlan:
         return next_seed(rows, self.labels, self.spec.seeds, self.spec.cost, self.spec.confidence)
 
     def more(self, study: optuna.Study) -> bool | None:
-        """Whether a trial may start: True, None (not until a running one ends), False (done)."""
-        if not self.spec.sequential:
-            return True
+        """Whether a sequential study's next trial may start: True, None (not until a running one
+        ends), False (done)."""
         following = self._next(study, -1)
         return None if following == WAIT else following != DONE
 
     def finished(self, rows: Sequence[TrialRow]) -> bool:
-        """Whether the study has run every trial it will."""
-        if not self.spec.sequential:
-            return ended(rows) >= self.spec.num_samples
+        """Whether a sequential study has run every trial it will."""
         return self._following(rows) == DONE
 
     def __call__(self, trial: Any) -> TrialRecord:
@@ -97,14 +95,9 @@ def run_study(
         f"{spec.num_samples} trials of {spec.train_config().epochs} epochs, {spec.max_concurrent} at a time"
     )
     study_plan = StudyPlan(spec)
-    plan = RunPlan(
-        spec.search_spec(),
-        study_plan,
-        header,
-        study_report,
-        more=study_plan.more,
-        finished=study_plan.finished,
-    )
+    plan = RunPlan(spec.search_spec(), study_plan, header, study_report)
+    if spec.sequential:  # else every planned trial runs, as a search's do
+        plan = replace(plan, more=study_plan.more, finished=study_plan.finished)
     return run_trials(
         plan,
         values,
