@@ -1,12 +1,14 @@
-"""Per-step cost of RandomizedSAM against a plain torch SGD step, measured side by side.
+"""Per-step cost of every sharpness-aware method against a plain torch SGD step, measured side by side.
 
-For each model and device, five steppers train identical copies of the model on one fixed batch:
-a plain `torch.optim.SGD` loop, and the engine's own step (`Trainer.train_step`) with p ≡ 0, p ≡ 0.5,
-p ≡ 1 and G-RST (p ≡ 0.5, weight 0.25). Both run the engine's device setup: on CUDA bf16 autocast,
-channels_last inputs, cuDNN's benchmark mode and fused SGD (the plain loop copies the engine's SGD
-settings); on the CPU fp32. Each round times `--steps` steps of every variant in a shuffled order, so
-drift of a shared machine hits all of them alike; ratios are taken within a round and the median
-over rounds is reported. The ideal ratio of a variant is 1 + (its realised SAM fraction in that round).
+For each model and device, the steppers train identical copies of the model on one fixed batch:
+a plain `torch.optim.SGD` loop, and the engine's own step (`Trainer.train_step`) with RST at p ≡ 0,
+p ≡ 0.5, p ≡ 1, G-RST (p ≡ 0.5, weight 0.25), and each rival of `rst_tune.methods` (`VARIANTS`). All
+run the engine's device setup: on CUDA bf16 autocast, channels_last inputs, cuDNN's benchmark mode and
+fused SGD (the plain loop copies the engine's SGD settings); on the CPU fp32. Each round times
+`--steps` steps of every variant in a shuffled order, so drift of a shared machine hits all of them
+alike; ratios are taken within a round and the median over rounds is reported. The ideal ratio of a
+variant is its pass count in that round (`rst_tune.cost`: 1 + its realised SAM fraction, plus 1/3 per
+EMA forward for MESA).
 
     python benchmarks/step_cost.py                      # CPU, and CUDA when present
     python benchmarks/step_cost.py --json out.json      # also write every figure as JSON
@@ -36,13 +38,29 @@ MODELS = {
     "digits_cnn": ({"dataset": "digits", "model": "digits_cnn"}, 64),
     "resnet18": ({"dataset": "synthetic", "model": "resnet18"}, 32),
 }
-# variant -> (p, grst_weight); None for p marks plain torch SGD
-VARIANTS = {
-    "sgd": (None, None),
-    "p=0": (0.0, None),
-    "p=0.5": (0.5, None),
-    "p=1": (1.0, None),
-    "grst p=0.5": (0.5, 0.25),
+
+
+def _rst(p: float, grst_weight: float | None = None) -> dict:
+    return {"schedule": {"name": "constant", "params": {"p": p}}, "grst_weight": grst_weight}
+
+
+def _method(name: str, **params) -> dict:
+    return {"method": {"name": name, "params": params}}
+
+
+# variant -> its training settings; None marks plain torch SGD
+VARIANTS: dict[str, dict | None] = {
+    "sgd": None,
+    "p=0": _rst(0.0),
+    "p=0.5": _rst(0.5),
+    "p=1": _rst(1.0),
+    "grst p=0.5": _rst(0.5, 0.25),
+    "determ. 0.5": {**_method("deterministic"), **_rst(0.5)},
+    "periodic k=2": _method("periodic", k=2),
+    "late 0.1": _method("late_phase", switch=0.1),
+    "looksam k=2": _method("looksam", k=2),
+    "aesam": _method("aesam"),
+    "mesa": _method("mesa", start=0),
 }
 
 
@@ -60,7 +78,6 @@ def _trainer(
     model_name: str, variant: str, device: torch.device, data, batch_size: int, setup: dict
 ) -> Trainer:
     settings, _ = MODELS[model_name]
-    p, grst_weight = VARIANTS[variant]
     config = load_config(
         {
             **settings,
@@ -69,8 +86,7 @@ def _trainer(
             "batch_size": batch_size,
             "lr": 0.01,
             "lr_schedule": "constant",
-            "schedule": {"name": "constant", "params": {"p": p or 0.0}},
-            "grst_weight": grst_weight,
+            **VARIANTS[variant],
             "seed": 1,
         }
     )
@@ -87,7 +103,7 @@ def _plain_sgd(reference: Trainer, images: torch.Tensor, labels: torch.Tensor):
     )
     device, dtype = reference.device, reference.autocast_dtype
 
-    def step() -> int:
+    def step() -> tuple[float, bool]:
         base.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(images.contiguous(memory_format=reference.memory_format))
@@ -95,7 +111,7 @@ def _plain_sgd(reference: Trainer, images: torch.Tensor, labels: torch.Tensor):
         loss.backward()
         base.step()
         (logits.detach().argmax(1) == labels).sum()  # the batch's accuracy, which the engine counts too
-        return 0
+        return 1.0, False
 
     return step
 
@@ -114,9 +130,10 @@ def measure(
     for variant, trainer in trainers.items():
         trainer.model.train()
 
-        def rst_step(trainer=trainer) -> int:
+        def rst_step(trainer=trainer) -> tuple[float, bool]:
+            before = trainer.optimizer.propagations
             trainer.train_step(images, labels)
-            return int(trainer.optimizer.last_was_sam)
+            return trainer.optimizer.propagations - before, trainer.optimizer.last_was_sam
 
         runners[variant] = rst_step
     for step in runners.values():
@@ -125,16 +142,18 @@ def measure(
     _sync(device)
     order, shuffle = list(VARIANTS), random.Random(0)
     seconds = {v: [] for v in VARIANTS}
+    passes = {v: [] for v in VARIANTS}
     sam_fraction = {v: [] for v in VARIANTS}
     for _ in range(rounds):
         shuffle.shuffle(order)
         for variant in order:
             step = runners[variant]
             start = time.perf_counter()
-            sam = sum(step() for _ in range(steps))
+            taken = [step() for _ in range(steps)]
             _sync(device)
             seconds[variant].append((time.perf_counter() - start) / steps)
-            sam_fraction[variant].append(sam / steps)
+            passes[variant].append(sum(cost for cost, _ in taken) / steps)
+            sam_fraction[variant].append(sum(sam for _, sam in taken) / steps)
     result = {
         "model": model_name,
         "device": str(device),
@@ -148,10 +167,11 @@ def measure(
     }
     for variant in VARIANTS:
         ratios = [t / s for t, s in zip(seconds[variant], seconds["sgd"])]
-        of_ideal = [r / (1 + f) for r, f in zip(ratios, sam_fraction[variant])]
+        of_ideal = [r / ideal for r, ideal in zip(ratios, passes[variant])]
         result["variants"][variant] = {
             "ms": 1e3 * statistics.median(seconds[variant]),
             "ratio_to_sgd": statistics.median(ratios),
+            "ideal": statistics.fmean(passes[variant]),
             "sam_fraction": statistics.fmean(sam_fraction[variant]),
             "ratio_to_ideal": statistics.median(of_ideal),
         }
@@ -200,11 +220,11 @@ def main() -> None:
                 f"{', channels_last' if result['channels_last'] else ''}: plain SGD {result['sgd_ms']:.2f} "
                 f"ms/step (median of {args.rounds} rounds x {args.steps} steps)"
             )
-            print(f"  {'variant':<12}{'ms/step':>9}{'x SGD':>8}{'SAM frac':>10}{'ideal':>7}{'x ideal':>9}")
+            print(f"  {'variant':<13}{'ms/step':>9}{'x SGD':>8}{'ideal':>7}{'x ideal':>9}")
             for variant, v in result["variants"].items():
                 print(
-                    f"  {variant:<12}{v['ms']:>9.2f}{v['ratio_to_sgd']:>8.3f}{v['sam_fraction']:>10.3f}"
-                    f"{1 + v['sam_fraction']:>7.3f}{v['ratio_to_ideal']:>9.3f}"
+                    f"  {variant:<13}{v['ms']:>9.2f}{v['ratio_to_sgd']:>8.3f}{v['ideal']:>7.3f}"
+                    f"{v['ratio_to_ideal']:>9.3f}"
                 )
             print(f"  G-RST / RST at p=0.5: {result['grst_over_rst']:.3f} (median of per-round ratios)")
             print("  " + ", ".join(f"{k}: {'yes' if ok else 'NO'}" for k, ok in result["verdicts"].items()))

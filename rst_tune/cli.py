@@ -11,7 +11,15 @@ from typing import Any
 
 import yaml
 
-from rst_tune.config import ConfigError, TrainConfig, load_config
+from rst_tune.config import (
+    PERTURBATION_KEYS,
+    SCHEDULE_KEYS,
+    ConfigError,
+    TrainConfig,
+    load_config,
+    method_reads,
+)
+from rst_tune.methods import METHODS
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -71,7 +79,7 @@ _COLUMNS = [
     ("val_accuracy", "{:>7}", "{:>7.2%}"),
     ("cost_ratio", "{:>5}", "{:>5.3f}"),
     ("sam_fraction", "{:>6}", "{:>6.3f}"),
-    ("propagations", "{:>8}", "{:>8d}"),
+    ("propagations", "{:>8}", "{:>8.0f}"),
     ("wall_s", "{:>7}", "{:>7.1f}"),
 ]
 _HEADERS = {
@@ -110,11 +118,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.checkpoint and Path(args.checkpoint).exists():
         trainer.load(args.checkpoint)
         print(f"resumed from {args.checkpoint} at epoch {trainer.epoch}, step {trainer.step_in_epoch}")
-    schedule = config.schedule.build()
+    method, schedule = METHODS[config.method.name], config.schedule.build()
+    what = (
+        f"schedule {config.method_words()} (p̄ = {schedule.mean():.3f}, "
+        if method.uses_schedule
+        else f"method {config.method_words()} ("
+    )
     print(
-        f"{config.dataset} / {config.model} on {trainer.device}: "
-        f"{config.epochs} epochs × {trainer.steps_per_epoch} steps, schedule {schedule} "
-        f"(p̄ = {schedule.mean():.3f}, expected cost {schedule.expected_cost():.3f}), rho {config.rho}"
+        f"{config.dataset} / {config.model} on {trainer.device}: {config.epochs} epochs × "
+        f"{trainer.steps_per_epoch} steps, {what}expected cost {config.expected_cost():.3f}"
+        f"{', an estimate' if method.estimated else ''})"
+        + (f", rho {config.rho}" if method.perturbs else "")
         + (f", G-RST weight {config.grst_weight}" if config.grst_weight is not None else "")
     )
     tqdm.write(format_row(None))
@@ -227,6 +241,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return serve(args.run_dir, args.results_dir, host=args.host, port=args.port, optuna=args.optuna)
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    """The methods table: each method, its parameters with their defaults, its cost and source."""
+    for name, method in METHODS.items():
+        params = ", ".join(f"{key}={param.default}" for key, param in method.params.items())
+        cost = "an estimate (known after training)" if method.estimated else "known before training"
+        shared = [key for key in (*SCHEDULE_KEYS, *PERTURBATION_KEYS) if method_reads(name, key)]
+        print(f"{name}({params})\n  {method.description}.")
+        print(f"  Reads {', '.join(shared) or 'none of the shared keys'}. Expected cost: {cost}.")
+        print(f"  Source: {method.reference}.\n")
+    return 0
+
+
 def cmd_pareto(args: argparse.Namespace) -> int:
     import json
 
@@ -312,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("--seeds", type=int, help="seeds per configuration")
     _run_arguments(study, "study")
+
+    methods = commands.add_parser(
+        "methods",
+        help="the sharpness-aware methods a config or search file can name",
+        description="List the methods (method: {name, params}) with their parameters' defaults.",
+    )
+    methods.set_defaults(handler=cmd_methods)
 
     pareto = commands.add_parser(
         "pareto",

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rst_tune.data import DATASET_PARAMS, DATASETS, DEFAULT_DATA_DIR, gives_validation
 from rst_tune.imports import is_import_path, resolve
+from rst_tune.methods import METHODS, MethodError, check_method, describe, expected_cost
 from rst_tune.models import check_model_name
 from rst_tune.schedules import Schedule, make_schedule
 
@@ -71,6 +72,29 @@ class ScheduleConfig(BaseModel):
         return make_schedule(self.name, **self.params)
 
 
+class MethodConfig(BaseModel):
+    """The sharpness-aware method by name (`rst_tune.methods.METHODS`) and its own parameters; the
+    shared ones (rho, adaptive; schedule and grst_weight for the methods that draw from a schedule)
+    stay beside it in the training config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "rst"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _builds(self) -> MethodConfig:
+        self.settings()
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """Its parameters, defaults filled in; ConfigError naming the bad key."""
+        try:
+            return check_method(self.name, self.params)
+        except MethodError as err:
+            raise ConfigError(str(err), key=("params", err.key) if err.key else "name") from None
+
+
 class TrainConfig(BaseModel):
     """Everything one run needs. Defaults: the embedded digits, a small CNN, RST at p = 0.5."""
 
@@ -98,6 +122,7 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, gt=0.0)
 
+    method: MethodConfig = Field(default_factory=MethodConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     rho: float = Field(0.05, ge=0.0)
     adaptive: bool = False
@@ -141,6 +166,13 @@ class TrainConfig(BaseModel):
             raise ConfigError(
                 f"does not apply: {self.dataset} brings its own validation part", key="val_size"
             )
+        if not METHODS[self.method.name].uses_schedule:
+            if self.schedule != ScheduleConfig():
+                raise ConfigError(f"method {self.method.name} does not draw from a schedule", key="schedule")
+            if self.grst_weight is not None:
+                raise ConfigError(
+                    f"G-RST mixes by p(t); method {self.method.name} has none", key="grst_weight"
+                )
         if not is_import_path(self.dataset):
             valid = DATASET_PARAMS.get(self.dataset, ())
             for key in self.dataset_params:
@@ -150,6 +182,29 @@ class TrainConfig(BaseModel):
                         key=("dataset_params", key),
                     )
         return self
+
+    def expected_cost(self) -> float:
+        """Expected cost per step, in SGD steps, before training (`rst_tune.methods.expected_cost`; an
+        estimate where `METHODS[name].estimated`)."""
+        return expected_cost(self.method.name, self.method.settings(), self.schedule.build(), self.epochs)
+
+    def method_words(self) -> str:
+        """The method and its schedule or parameters in words (`rst_tune.methods.describe`)."""
+        return describe(self.method.name, self.method.settings(), self.schedule.build())
+
+
+SCHEDULE_KEYS: tuple[str, ...] = ("schedule", "grst_weight", "alpha_max")
+"""TrainConfig keys read only by the methods that draw from a schedule (`Method.uses_schedule`)."""
+PERTURBATION_KEYS: tuple[str, ...] = ("rho", "adaptive")
+"""TrainConfig keys read only by the methods that take sharpness-aware steps (`Method.perturbs`)."""
+
+
+def method_reads(name: str, key: str) -> bool:
+    """Whether method `name` reads the training setting `key`."""
+    method = METHODS[name]
+    return (key not in SCHEDULE_KEYS or method.uses_schedule) and (
+        key not in PERTURBATION_KEYS or method.perturbs
+    )
 
 
 EXECUTION_KEYS: frozenset[str] = frozenset({"loader_workers"})

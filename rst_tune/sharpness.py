@@ -1,16 +1,22 @@
-"""RandomizedSAM: randomized sharpness-aware training (RST) and its G-RST form, as a torch optimizer.
+"""RandomizedSAM: randomized sharpness-aware training (RST) and its G-RST form, as a torch optimizer;
+the two-pass core that the other sharpness-aware methods (`rst_tune.methods`) plug small strategies into.
 
-Each `step` draws one Bernoulli(p(s / total_steps)) from the optimizer's own generator. On 0 it
-takes a plain step of the base optimizer (one forward-backward); on 1 a sharpness-aware step (two):
+Each `step` asks its rule whether to take a sharpness-aware step: by default a `Coin`, one
+Bernoulli(p(s / total_steps)) from the optimizer's own generator; a rule may instead decide after the
+clean pass, from ‖g1‖² (AE-SAM). On 0 it takes a plain step of the base optimizer (one
+forward-backward); on 1 a sharpness-aware step (two):
     g1 = ∇L(θ),  e = ρ·g1/‖g1‖  (ASAM: ρ·w²⊙g1/‖|w|⊙g1‖),  g2 = ∇L(θ + e),
     g  = (1 − α)·g1 + α·g2,  with α = 1 (RST, SAM) or α = min(λ_G / p, alpha_max) (G-RST),
-then restores θ from a copy and lets the base optimizer step with g. The expected update carries
-gradient-norm regularisation of degree p·α: λ_G wherever p ≥ λ_G / alpha_max, but only p·alpha_max
-below that, and none where p = 0. `degree_sum` adds up p·α over the steps taken.
+then restores θ from a copy and lets the base optimizer step with g. A `reuse` strategy (LookSAM) may
+keep what a sharpness-aware step learnt and change the gradient of the plain steps after it.
+The expected update carries gradient-norm regularisation of degree p·α: λ_G wherever p ≥ λ_G /
+alpha_max, but only p·alpha_max below that, and none where p = 0. `degree_sum` adds up p·α over the
+steps taken.
 Both passes of a sharpness-aware step draw the same random numbers (dropout masks), so g2 − g1 measures
 sharpness, not dropout noise. No value is read back from the device inside a step, except by an fp16
-`grad_scaler`, whose step reads its overflow check. A step taken inside the caller's `torch.autocast`
-is correct: autocast's cached low-precision weights are dropped whenever θ changes in place.
+`grad_scaler`, whose step reads its overflow check, and by a rule that decides from ‖g1‖². A step
+taken inside the caller's `torch.autocast` is correct: autocast's cached low-precision weights are
+dropped whenever θ changes in place.
 
 Data-parallel form (`model` a DistributedDataParallel): every rank draws the same coin (seed and step
 only) and each step all-reduces the gradient once. An SGD step reduces its one pass, as DDP does. A
@@ -18,6 +24,8 @@ sharpness-aware step runs the clean pass under `no_sync()`, so each rank perturb
 SAM paper's data-parallel form); the perturbed pass accumulates onto ((1 − α)/α)·g1 (onto nothing when
 α = 1), DDP reduces that sum once, and scaling by α leaves the mean over ranks of (1 − α)·g1 + α·g2
 (g2's share then carries a rounding error about 1/α times that of the lerp the single process uses).
+A rule that decides from g1 (AE-SAM), or a `reuse` strategy, needs the reduced g1: its clean pass is
+reduced, so a sharpness-aware step all-reduces twice and every rank decides and refreshes alike.
 Under `TORCH_DISTRIBUTED_DEBUG=INFO` (or DETAIL) every step checks that all ranks drew the same coin.
 """
 
@@ -26,11 +34,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from rst_tune.cost import FORWARD_COST, pass_cost
 
 # the CPU generator's state and that of each accelerator holding parameters, by device
 _GeneratorStates = tuple[torch.Tensor, dict[torch.device, torch.Tensor]]
@@ -41,6 +52,67 @@ _DEVICE_GENERATORS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """‖tensors‖ over all of them, as one device scalar (torch's multi-tensor kernels)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
+def add_scaled_(tensors: list[torch.Tensor], others: list[torch.Tensor], scale: torch.Tensor | float) -> None:
+    """tensors += scale·others, in place, each pair (one multi-tensor kernel each)."""
+    torch._foreach_add_(tensors, torch._foreach_mul(others, scale))
+
+
+def lerp_(tensors: list[torch.Tensor], others: list[torch.Tensor], weight: float) -> None:
+    """tensors += weight·(others − tensors), in place (one multi-tensor kernel)."""
+    torch._foreach_lerp_(tensors, others, weight)
+
+
+class Rule(Protocol):
+    """When to take a sharpness-aware step. `needs_gradient`: it decides after the clean pass, from
+    ‖g1‖² (else before it, without). `probability(x)` is p at progress x, or None where no p is known
+    beforehand; `decide` gets the step, x, that p and, when it needs it, ‖g1‖²."""
+
+    needs_gradient: bool
+
+    def probability(self, x: float) -> float | None: ...
+    def decide(self, step: int, x: float, p: float | None, sq_norm: float | None) -> bool: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Reuse(Protocol):
+    """What a sharpness-aware step leaves for the plain steps after it (LookSAM): `refreshed(g1, g2)`
+    sees both gradients and may set the direction in `g2`; `plain(g)` changes a plain step's gradient
+    in place. Parameter-sized state is its own, in its state_dict (whose keys join the optimizer's, as
+    a rule's do)."""
+
+    def refreshed(self, g1: list[torch.Tensor], g2: list[torch.Tensor]) -> None: ...
+    def plain(self, g: list[torch.Tensor]) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Coin:
+    """RST's rule: a sharpness-aware step with probability p(x), from a generator of its own."""
+
+    needs_gradient = False
+
+    def __init__(self, schedule: Callable[[float], float], seed: int = 0):
+        self.schedule, self._rng = schedule, random.Random(seed)
+
+    def probability(self, x: float) -> float:
+        return float(self.schedule(x))
+
+    def decide(self, step: int, x: float, p: float | None, sq_norm: float | None = None) -> bool:
+        return self._rng.random() < p
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self._rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rng.setstate(state["rng"])
+
+
 class RandomizedSAM(torch.optim.Optimizer):
     """Wraps `base_optimizer` (sharing its param_groups) and mixes SGD and sharpness-aware steps.
 
@@ -48,6 +120,8 @@ class RandomizedSAM(torch.optim.Optimizer):
     With `model` given, BatchNorm running statistics are left untouched by the perturbed pass.
     `max_grad_norm` clips the final gradient; `grad_scaler` (fp16) unscales it once before the
     base step, which it then takes (and skips on overflow). `alpha_max` bounds the G-RST α.
+    `rule` decides instead of a `Coin` on `schedule`; `reuse` is a `Reuse` strategy (neither with G-RST).
+    Counts: `forwards` and `backwards` passes, `propagations` their cost (`rst_tune.cost`).
 
     Clipping applies to the mixed gradient (1 − α)·g1 + α·g2 as a whole. Weight decay belongs to the
     base optimizer, which adds it after clipping: it neither enters the perturbation nor is clipped.
@@ -77,6 +151,8 @@ class RandomizedSAM(torch.optim.Optimizer):
         model: nn.Module | None = None,
         max_grad_norm: float | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
+        rule: Rule | None = None,
+        reuse: Reuse | None = None,
     ):
         if rho < 0:
             raise ValueError(f"rho={rho} must be >= 0")
@@ -88,23 +164,39 @@ class RandomizedSAM(torch.optim.Optimizer):
             raise ValueError(f"grst_weight={grst_weight} must be >= 0 (or None for plain RST)")
         if max_grad_norm is not None and max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm={max_grad_norm} must be > 0")
+        rule = rule or Coin(schedule, seed)
+        if grst_weight is not None and (rule.needs_gradient or reuse is not None):
+            raise ValueError(
+                "grst_weight mixes by p(t): it needs a rule that knows p beforehand and no reuse"
+            )
         self._ddp = model if isinstance(model, DistributedDataParallel) else None
         if self._ddp is not None and grst_weight == 0:
             raise ValueError("grst_weight=0 has no data-parallel form (α = 0); leave G-RST off or use p = 0")
         super().__init__(base_optimizer.param_groups, base_optimizer.defaults)
         self.base_optimizer = base_optimizer
         self.param_groups = base_optimizer.param_groups
-        self.schedule, self.total_steps = schedule, total_steps
+        self.rule, self.reuse, self.total_steps = rule, reuse, total_steps
         self.rho, self.adaptive, self.grst_weight, self.alpha_max = rho, adaptive, grst_weight, alpha_max
         self.max_grad_norm, self.grad_scaler = max_grad_norm, grad_scaler
         self._norms = (
             [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if model else []
         )
-        self._rng = random.Random(seed)
-        self.steps = self.sam_steps = self.propagations = 0
+        self.steps = self.sam_steps = self.forwards = self.backwards = 0
         self.expected_propagations = self.degree_sum = 0.0
         self.last_was_sam = False
         self._theta: list[torch.Tensor] | None = None
+
+    @property
+    def propagations(self) -> float:
+        """The passes run so far, weighed (`rst_tune.cost`): steps + sharpness-aware steps, plus 1/3
+        per forward-only pass a method adds (`count_forward`)."""
+        return pass_cost(self.forwards, self.backwards)
+
+    def count_forward(self) -> None:
+        """Count one forward-only pass a method ran beside the closure (an EMA model's), as spent
+        and as expected."""
+        self.forwards += 1
+        self.expected_propagations += FORWARD_COST
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -114,32 +206,47 @@ class RandomizedSAM(torch.optim.Optimizer):
             self.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = closure()
-        self.propagations += 1
+        self.forwards += 1
+        self.backwards += 1
         return loss
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
-        """One RST step; `closure` runs forward and backward and returns the loss of its pass."""
+        """One step; `closure` runs forward and backward and returns the loss of its pass."""
         if closure is None:
             raise ValueError("RandomizedSAM.step needs a closure that runs forward and backward")
-        p = float(self.schedule(min(self.steps / self.total_steps, 1.0)))
-        if not 0.0 <= p <= 1.0:
+        x = min(self.steps / self.total_steps, 1.0)
+        p = self.rule.probability(x)
+        if p is not None and not 0.0 <= p <= 1.0:
             raise ValueError(f"schedule returned p={p} at step {self.steps}; it must lie in [0, 1]")
-        self.last_was_sam = self._rng.random() < p
-        if self._ddp is not None and dist.get_debug_level() != dist.DebugLevel.OFF:
-            self._check_coin()
-        self.expected_propagations += 1 + p
-        self.degree_sum += p * self.alpha(p) if p > 0 else 0.0
-        self.steps += 1
-        generators = self._generator_states() if self.last_was_sam else None
-        with self._ddp.no_sync() if generators is not None and self._ddp is not None else nullcontext():
+        pending = self.rule.needs_gradient
+        sam = False
+        if not pending:  # checked before any collective: ranks that disagree would wait on different ones
+            sam = self._decided(self.rule.decide(self.steps, x, p, None))
+        generators = self._generator_states() if sam or pending else None
+        reduced = not sam or pending or self.reuse is not None
+        with self._ddp.no_sync() if self._ddp is not None and not reduced else nullcontext():
             loss = self._run(closure)
-        if generators is not None:
+        if pending:  # from the reduced g1: every rank decides alike
+            sam = self._decided(self.rule.decide(self.steps, x, p, self._squared_norm()))
+        self.expected_propagations += 1 + (float(sam) if p is None else p)
+        self.degree_sum += float(sam) if p is None else p * self.alpha(p) if p > 0 else 0.0
+        self.steps += 1
+        if sam:
             self.sam_steps += 1
-            self._sharpness_aware_gradient(closure, self.alpha(p), generators)
+            self._sharpness_aware_gradient(closure, self.alpha(p) if p else 1.0, generators)
+        elif self.reuse is not None:
+            self.reuse.plain([t.grad for t in self._params() if t.grad is not None])
         self._update()
         torch.clear_autocast_cache()  # autocast's cached copies hold θ + e or the θ before the update
         return loss
+
+    def _decided(self, sam: bool) -> bool:
+        """Record the step's decision (checking, in debug mode, that every rank took it) and return it."""
+        self.last_was_sam = sam
+        if self._ddp is not None and dist.get_debug_level() != dist.DebugLevel.OFF:
+            self._check_coin()
+        return sam
 
     def _check_coin(self) -> None:
         """Raise unless every rank drew the same coin at the same step (a host synchronisation)."""
@@ -152,6 +259,15 @@ class RandomizedSAM(torch.optim.Optimizer):
                 f"rank {r}: step {s} coin {c}" for r, (s, c) in enumerate(t.tolist() for t in drawn)
             )
             raise RuntimeError(f"ranks drew different coins ({found}); give every rank the same seed")
+
+    def _squared_norm(self) -> float:
+        """‖g1‖² over all parameters, unscaled, read back to the host (a rule deciding from it waits
+        for it); inf where it overflowed."""
+        grads = [p.grad for p in self._params() if p.grad is not None]
+        norm = global_norm(grads).item() if grads else 0.0
+        if self.grad_scaler is not None:
+            norm /= self.grad_scaler.get_scale()
+        return norm * norm
 
     def alpha(self, p: float) -> float:
         """The weight of the perturbed gradient in a sharpness-aware step taken at probability p > 0."""
@@ -186,7 +302,7 @@ class RandomizedSAM(torch.optim.Optimizer):
             scale = self._ascent_scale(e)
             torch._foreach_mul_(e, params)
             torch._foreach_mul_(e, scale)
-        elif alpha == 1.0:  # g1 is not needed after the ascent: scale it in place
+        elif alpha == 1.0 and self.reuse is None:  # g1 is not needed after the ascent: scale it in place
             torch._foreach_mul_(g1, self._ascent_scale(g1))
             e = g1
         else:
@@ -204,6 +320,8 @@ class RandomizedSAM(torch.optim.Optimizer):
         with self._frozen_batchnorm():
             self._run(closure, keep_grads=self._ddp is not None and alpha != 1.0)
         torch._foreach_copy_(params, self._theta)
+        if self.reuse is not None:
+            self.reuse.refreshed(g1, [p.grad for p in params])
         if alpha == 1.0:
             return
         if self._ddp is not None:
@@ -217,7 +335,7 @@ class RandomizedSAM(torch.optim.Optimizer):
     def _ascent_scale(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """ρ / ‖grads‖ as a device scalar; 0 when the norm is 0 or not finite (fp16 overflow: e is
         then zeroed, with a `grad_scaler`, and the perturbed pass runs at θ)."""
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        norm = global_norm(grads)
         usable = torch.isfinite(norm) & (norm > 0)
         return torch.where(usable, self.rho / torch.where(usable, norm, 1.0), 0.0)
 
@@ -249,19 +367,26 @@ class RandomizedSAM(torch.optim.Optimizer):
             "base": self.base_optimizer.state_dict(),
             "steps": self.steps,
             "sam_steps": self.sam_steps,
-            "propagations": self.propagations,
+            "forwards": self.forwards,
+            "backwards": self.backwards,
+            "propagations": self.propagations,  # for readers: loading counts from the passes
             "expected_propagations": self.expected_propagations,
             "degree_sum": self.degree_sum,
             "last_was_sam": self.last_was_sam,
-            "rng": self._rng.getstate(),
+            **self.rule.state_dict(),  # RST's coin: "rng"
+            **(self.reuse.state_dict() if self.reuse is not None else {}),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.base_optimizer.load_state_dict(state_dict["base"])
         self.param_groups = self.base_optimizer.param_groups  # loading made new groups (lr, momentum)
         self.steps, self.sam_steps = state_dict["steps"], state_dict["sam_steps"]
-        self.propagations = state_dict["propagations"]
+        # before passes were counted (rst-tune 2026-12-06): one forward-backward pair per propagation
+        self.forwards = state_dict.get("forwards", state_dict["propagations"])
+        self.backwards = state_dict.get("backwards", state_dict["propagations"])
         self.expected_propagations = state_dict["expected_propagations"]
         self.degree_sum = state_dict["degree_sum"]
         self.last_was_sam = state_dict["last_was_sam"]
-        self._rng.setstate(state_dict["rng"])
+        self.rule.load_state_dict(state_dict)
+        if self.reuse is not None:
+            self.reuse.load_state_dict(state_dict)

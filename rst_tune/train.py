@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from rst_tune.config import EXECUTION_KEYS, ConfigError, TrainConfig
 from rst_tune.data import Splits, load_dataset
 from rst_tune.imports import one_line
+from rst_tune.methods import build_method
 from rst_tune.models import build_model
 from rst_tune.sharpness import RandomizedSAM
 
@@ -36,10 +37,12 @@ from rst_tune.sharpness import RandomizedSAM
 @dataclass(frozen=True)
 class EpochMetrics(Mapping[str, float]):
     """What one epoch of a run measured. Counts are cumulative over the run: `steps` optimizer steps,
-    `sam_steps` of them sharpness-aware, `propagations` forward-backward passes (SGD 1 per step, SAM 2),
-    `expected_propagations` their expectation Σ (1 + p(t)). `cost_ratio` is propagations per step,
-    `acc_per_prop` val_accuracy / cost_ratio, `grst_degree` the mean over steps of p(t)·α_t, the
-    sharpness regularisation applied in expectation (plain RST: p̄ so far), `wall_s` the seconds spent
+    `sam_steps` of them sharpness-aware, `propagations` the cost of the passes run, in SGD steps
+    (`rst_tune.cost`: a forward-backward pair 1, a forward-only pass 1/3; SGD 1 per step, SAM 2, MESA 4/3),
+    `expected_propagations` their expectation Σ (1 + p(t)) (where a method knows no p(t) beforehand,
+    AE-SAM, the realised count). `cost_ratio` is propagations per step, `acc_per_prop` val_accuracy /
+    cost_ratio, `grst_degree` the mean over steps of p(t)·α_t, the sharpness regularisation applied in
+    expectation (plain RST: p̄ so far; without a p(t), the sharpness-aware share), `wall_s` the seconds spent
     training and evaluating so far and `device_seconds` those seconds × the devices the run held,
     `world_size` the data-parallel ranks that trained the epoch (each step's counts are global: a
     propagation is one pass over the global batch, however many ranks share it).
@@ -54,7 +57,7 @@ class EpochMetrics(Mapping[str, float]):
     val_accuracy: float
     steps: int
     sam_steps: int
-    propagations: int
+    propagations: float
     expected_propagations: float
     cost_ratio: float
     sam_fraction: float
@@ -72,7 +75,7 @@ class EpochMetrics(Mapping[str, float]):
         *,
         steps: int,
         sam_steps: int,
-        propagations: int,
+        propagations: float,
         val_accuracy: float,
         degree_sum: float,
         wall_s: float,
@@ -240,9 +243,12 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        schedule = config.schedule.build()
+        method = build_method(config.method.name, config.method.settings(), schedule, self.model)
+        self.hook = method.hook
         self.optimizer = RandomizedSAM(
             base,
-            config.schedule.build(),
+            schedule,
             total_steps,
             rho=config.rho,
             adaptive=config.adaptive,
@@ -252,6 +258,8 @@ class Trainer:
             model=network,
             max_grad_norm=config.grad_clip,
             grad_scaler=self.scaler,
+            rule=method.rule,
+            reuse=method.reuse,
         )
         self.data_rng = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
@@ -273,25 +281,39 @@ class Trainer:
             self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
         )
 
-    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(
+        self, images: torch.Tensor, labels: torch.Tensor, term: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The cross-entropy, the loss to minimise (with the method hook's term when `term`: its
+        forward pass is counted) and the logits."""
         with self._autocast():
-            logits = self.forward(images.contiguous(memory_format=self.memory_format))
+            inputs = images.contiguous(memory_format=self.memory_format)
+            logits = self.forward(inputs)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
-        return loss, logits
+            total = loss + self.hook.term(inputs, logits.float()) if term else loss
+        if term:
+            self.optimizer.count_forward()
+        return loss, total, logits
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step, SGD or sharpness-aware as the schedule draws, then the learning-rate step.
-        Returns the clean pass's loss and number of correct predictions, left on the device."""
+        """One optimizer step, SGD or sharpness-aware as the method decides, then the learning-rate
+        step. Returns the clean pass's cross-entropy and number of correct predictions, left on the
+        device."""
         first_logits: list[torch.Tensor] = []
+        term = self.hook is not None and self.hook.active(self.epoch)
+        if self.hook is not None:
+            self.hook.before_step(self.optimizer)
 
         def closure() -> torch.Tensor:
-            loss, logits = self._loss(images, labels)
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss, total, logits = self._loss(images, labels, term)
+            (self.scaler.scale(total) if self.scaler else total).backward()
             if not first_logits:
                 first_logits.append(logits.detach())
             return loss
 
         loss = self.optimizer.step(closure)
+        if self.hook is not None:
+            self.hook.after_step(self.model)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         return loss.detach(), (first_logits[0].argmax(1) == labels).sum()
@@ -417,6 +439,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
+            "method": self.hook.state_dict() if self.hook else None,
             "data_rng": self.epoch_data_state,
         }
 
@@ -445,6 +468,8 @@ class Trainer:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.scaler:
             self.scaler.load_state_dict(state["scaler"])
+        if self.hook:
+            self.hook.load_state_dict(state["method"])
         self.data_rng.set_state(state["data_rng"])
         self._start_epoch()
         if "epoch_sums" in state:

@@ -29,6 +29,7 @@ from rst_tune.config import ConfigError, load_config
 from rst_tune.data.resident import DataSplits
 from rst_tune.data.splits import rank_share
 from rst_tune.data.streaming import StreamingSplits
+from rst_tune.methods import build_method, check_method
 from rst_tune.schedules import make_schedule
 from rst_tune.sharpness import RandomizedSAM
 from rst_tune.train import Trainer
@@ -127,6 +128,44 @@ def test_sgd_steps_on_two_ranks_equal_one_rank_on_the_whole_batch(tmp_path):
     opt = optimizer(model, model, 0.0, momentum=0.9)
     for x, y in batches():
         opt.step(closure_for(model, x, y))
+    for ours, rank0, rank1 in zip(model.parameters(), ranks[0][0], ranks[1][0]):
+        assert torch.equal(rank0, rank1)
+        torch.testing.assert_close(rank0, ours.detach(), rtol=0, atol=1e-10)
+
+
+def method_on_ranks(rank, world_size, name, params):
+    """STEPS steps of method `name` on a DDP MLP, each rank on its share: final parameters, decisions."""
+    model = mlp()
+    network = DistributedDataParallel(model)
+    opt = method_optimizer(model, network, name, params)
+    taken = []
+    for x, y in batches():
+        share = rank_share(B, rank, world_size)
+        opt.step(closure_for(network, x[share], y[share]))
+        taken.append(opt.last_was_sam)
+    return [t.detach().clone() for t in model.parameters()], taken
+
+
+def method_optimizer(model, network, name, params):
+    parts = build_method(name, check_method(name, params), make_schedule("constant", p=0.5), model)
+    base = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    return RandomizedSAM(base, None, STEPS, rho=RHO, rule=parts.rule, reuse=parts.reuse, model=network)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"), [("looksam", {"k": 3, "alpha": 0.7}), ("aesam", {"lambda1": 0.0, "lambda2": 0.0})]
+)
+def test_methods_that_read_g1_train_on_two_ranks_as_one_process_on_the_whole_batch(tmp_path, name, params):
+    """LookSAM's refresh and AE-SAM's test use the reduced g1: every rank decides and refreshes alike,
+    and the ranks take the steps one process takes on the whole batch (no BatchNorm)."""
+    ranks = on_ranks(method_on_ranks, 2, tmp_path, name, params)
+    model = mlp()
+    opt = method_optimizer(model, model, name, params)
+    taken = []
+    for x, y in batches():
+        opt.step(closure_for(model, x, y))
+        taken.append(opt.last_was_sam)
+    assert ranks[0][1] == ranks[1][1] == taken and 0 < sum(taken) < STEPS
     for ours, rank0, rank1 in zip(model.parameters(), ranks[0][0], ranks[1][0]):
         assert torch.equal(rank0, rank1)
         torch.testing.assert_close(rank0, ours.detach(), rtol=0, atol=1e-10)

@@ -2,6 +2,7 @@
 end through Ray, Optuna and a real MLflow server."""
 
 import csv
+import json
 import math
 import statistics
 from pathlib import Path
@@ -40,6 +41,30 @@ def test_shipped_studies_are_valid(name):
     costs = {label: 1 + spec.train_config_of(i).schedule.build().mean() for i, label in enumerate(labels)}
     assert costs["SGD"] == 1.0 and costs["SAM"] == 2.0
     assert all(cost == pytest.approx(1.5) for label, cost in costs.items() if label not in ("SGD", "SAM"))
+
+
+def test_the_rivals_study_compares_the_pairs_its_claims_need():
+    _, spec = load_study(SPACES / "study_rivals.yaml")
+    methods = {spec.label(i): spec.train_config_of(i).method.name for i in range(len(spec.configurations))}
+    assert set(methods.values()) == {
+        "rst",
+        "deterministic",
+        "periodic",
+        "late_phase",
+        "looksam",
+        "aesam",
+        "mesa",
+    }
+    assert ("AE-SAM", "RST p=0.5") in spec.compare and ("RST p=0.5", "deterministic p=0.5") in spec.compare
+    shares = {label: spec.train_config_of(i).expected_cost() for i, label in enumerate(methods)}
+    assert all(shares[label] == pytest.approx(1.5) for label in ("AE-SAM", "RST p=0.5", "LookSAM k=2"))
+
+
+def test_a_comparison_of_an_unknown_label_names_its_key():
+    values = {"train": {"epochs": 1}, "configurations": [SGD, SAM], "compare": [["SAM", "RST"]]}
+    with pytest.raises(ConfigError, match="'RST' is not a configuration's label") as caught:
+        parse_study(values)
+    assert [".".join(p.key) for p in caught.value.problems] == ["compare.0.1"]
 
 
 def test_label_noise_study_has_the_configurations_the_issue_asks_for():
@@ -191,6 +216,7 @@ def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(
                 "train": {"epochs": 3, "batch_size": 64, "device": "cpu"},
                 "configurations": [SGD, SAM],
                 "seeds": 3,
+                "compare": [["SAM", "SGD"]],
             }
         )
     )
@@ -244,6 +270,17 @@ def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(
         f"{statistics.fmean(sam):.2%}".replace("%", "") in table
         and (run_dir / "study.png").stat().st_size > 10_000
     )
+
+    by_seed = {k: {r["config"]["train"]["seed"]: r["val_accuracy"] for r in v} for k, v in results.items()}
+    (pair,) = json.loads((run_dir / "study.json").read_text())["paired"]
+    expected = scipy_stats.ttest_rel([by_seed["SAM"][s] for s in (0, 1)], [by_seed["SGD"][s] for s in (0, 1)])
+    assert (pair["a"], pair["b"], pair["seeds"]) == ("SAM", "SGD", 2)
+    assert pair["comparison"]["difference"] == pytest.approx(
+        statistics.fmean(sam) - statistics.fmean(sgd), abs=1e-12
+    )
+    if not math.isnan(expected.pvalue):
+        assert pair["comparison"]["p_value"] == pytest.approx(expected.pvalue, rel=1e-9)
+    assert "Paired by seed" in table
 
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("tiny")

@@ -1,8 +1,9 @@
 """A sampler that models validation accuracy alone and takes each configuration's cost as known.
 
-A configuration's cost, (1 + p̄) per step over its epochs, is fixed before it trains, so only accuracy
-needs a model: a Gaussian process (scikit-learn) over the configuration's coordinates (family, p̄,
-shape, ρ, the G-RST switch and weight), fitted to every trial that reached an accuracy (a trial
+A configuration's cost, its method's expected cost per step over its epochs (RST: 1 + p̄), is fixed
+before it trains, so only accuracy needs a model: a Gaussian process (scikit-learn) over the
+configuration's coordinates (method and its parameters, family, p̄, shape, ρ, the G-RST switch and
+weight), fitted to every trial that reached an accuracy (a trial
 stopped early counts at the accuracy it had reached). A candidate at cost c with predicted accuracy
 N(μ, σ²) is worth its expected hypervolume improvement, in closed form on the 2-D staircase: with
 F(c′) the best accuracy the front reaches at cost ≤ c′, EHVI = Σⱼ Δⱼ · EI(μ, σ; Fⱼ) over the steps j
@@ -13,7 +14,8 @@ cost (SAM's, usually a baseline already) adds nothing. A proposal is priced by w
 the sampler proposes the candidate of largest EHVI / cost^α, with α falling from 1 to 0 over the
 search's trials (cost-cooling), so cheap regions are explored first but not forever. With one
 objective (accuracy under a budget) EHVI is the expected improvement; candidates over the budget are
-never proposed.
+never proposed. Where the space names groups (methods) to balance, each proposal is drawn from a
+group with the fewest trials so far.
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ class Space(Protocol):
     def admissible(self, params: dict[str, Any]) -> bool:
         """Whether a configuration may be trained (within the search's budget)."""
 
+    def groups(self) -> list[str]:
+        """The groups (methods) among which trials are balanced; empty: no balance."""
+
+    def group(self, params: dict[str, Any]) -> str:
+        """A configuration's group."""
+
 
 class KnownCostSampler(optuna.samplers.BaseSampler):
     """Proposes the configuration of `space` with the largest EHVI / cost^α (see the module), α going
@@ -112,11 +120,11 @@ class KnownCostSampler(optuna.samplers.BaseSampler):
         )
         return max(0.0, 1.0 - len(ended) / self.trials)
 
-    def _draws(self, n: int) -> list[dict[str, Any]]:
+    def _draws(self, n: int, groups: set[str] | None = None) -> list[dict[str, Any]]:
         draws = []
         for _ in range(100 * n):
             params = self.space.draw(self._rng)
-            if self.space.admissible(params):
+            if self.space.admissible(params) and (groups is None or self.space.group(params) in groups):
                 draws.append(params)
                 if len(draws) == n:
                     break
@@ -125,7 +133,8 @@ class KnownCostSampler(optuna.samplers.BaseSampler):
     def _propose(self, study: optuna.Study, number: int) -> dict[str, Any]:
         """The configuration trial `number` trains; the other running trials have theirs."""
         seen = [t for t in study.get_trials(deepcopy=False) if _accuracy(t) is not None]
-        candidates = self._draws(1 if len(seen) < self.startup_trials else CANDIDATES)
+        n = 1 if len(seen) < self.startup_trials else CANDIDATES
+        candidates = self._draws(n, self._fewest(study, number)) or self._draws(n)  # none affordable there
         if len(seen) < self.startup_trials or not candidates:
             return candidates[0] if candidates else {}
         pending = [
@@ -152,6 +161,17 @@ class KnownCostSampler(optuna.samplers.BaseSampler):
             front = list(zip([*fitted, *believed], known))
             value = ehvi(mean, sd, cost, front, (floor, max([*known, float(cost.max())])))
         return candidates[int(np.argmax(value / cost ** self.alpha(study)))]
+
+    def _fewest(self, study: optuna.Study, number: int) -> set[str] | None:
+        """The groups with the fewest trials so far, running or ended (None: no balance)."""
+        counts = dict.fromkeys(self.space.groups(), 0)
+        if not counts:
+            return None
+        for trial in study.get_trials(deepcopy=False):
+            if trial.number != number and trial.params:
+                counts[self.space.group(trial.params)] += 1
+        low = min(counts.values())
+        return {group for group, n in counts.items() if n == low}
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> GaussianProcessRegressor:
         kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(

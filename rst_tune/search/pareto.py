@@ -70,6 +70,7 @@ class ConfirmedPoint:
     baseline: str | None = None
     # val_accuracy minus the SGD baseline's over the same seeds: mean and paired 95 % interval
     vs_sgd: tuple[float, float, float] | None = None
+    method: str = "rst"  # its method's name (rst_tune.methods)
 
     def cost(self, name: str) -> float:
         """Its mean `name` ("propagations" or "device_seconds")."""
@@ -155,7 +156,7 @@ class ParetoReport:
             test = "–" if row.test_accuracy is None else f"{row.test_accuracy:.2%}"
             lines.append(
                 f"{row.number:>5}  {row.val_accuracy:>7.2%}  {test:>8}  {row.cost_ratio:>5.3f}  "
-                f"{row.propagations:>12d}  {row.device_seconds:>8.1f}  {row.label}{tag}"
+                f"{row.propagations:>12.0f}  {row.device_seconds:>8.1f}  {row.label}{tag}"
             )
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.counts().items()))
         lines.append(f"{len(self.trials)} trials ({counts}); {len(self.front)} on the front")
@@ -210,7 +211,7 @@ class ParetoReport:
         lines.append(
             f"{len(self.confirmed)} points confirmed with {seeds} seeds each; {kept} on the confirmed front. "
             f"Compute: {trainings} confirmation trainings, {spent:,.0f} propagations; the search "
-            f"{searched:,} (stopped trials' epochs included)"
+            f"{searched:,.0f} (stopped trials' epochs included)"
         )
         return lines
 
@@ -245,6 +246,7 @@ def write_report(report: ParetoReport, folder: str | Path) -> list[Path]:
         writer = csv.writer(f)
         columns = [
             "number",
+            "method",
             "label",
             "val_accuracy",
             "test_accuracy",
@@ -307,6 +309,11 @@ def plot_html(report: ParetoReport, path: Path) -> None:
         yaxis_tickformat=".1%",
     )
     fig.write_html(path, include_plotlyjs=True)
+
+
+def _seed_range(points: Sequence[ConfirmedPoint]) -> str:
+    low, high = min(p.seeds for p in points), max(p.seeds for p in points)
+    return str(low) if low == high else f"{low}–{high}"
 
 
 def plot(report: ParetoReport, path: Path) -> None:
@@ -381,9 +388,15 @@ def plot(report: ParetoReport, path: Path) -> None:
                 fmt="^",
                 color=color,
                 capsize=4,
-                label=f"{name} ({len(points)}; mean of {points[0].seeds} fresh seeds, 95 % CI)",
+                label=f"{name} ({len(points)}; mean of {_seed_range(points)} fresh seeds, 95 % CI)",
                 zorder=6,
             )
+    if len({r.method for r in complete}) > 1:  # name each method on the confirmed front, else the front
+        named = [(report.confirmed_x(p), p.val_accuracy_mean, p.method) for p in report.confirmed] or [
+            (report.x(r), r.val_accuracy, r.method) for r in report.front
+        ]
+        for x, y, method in named:
+            ax.annotate(method, (x, y), xytext=(4, -9), textcoords="offset points", fontsize=7, zorder=7)
     if report.budget is not None and report.cost == "propagations":
         ax.axvline(report.budget, color="tab:blue", linestyle="--", label=f"budget {report.budget:g}")
     ax.set_xlabel(report.x_label())

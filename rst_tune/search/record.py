@@ -38,8 +38,8 @@ class TrialRecord:
 
     @property
     def expected_cost(self) -> float:
-        """Propagation pairs per step the schedule costs on average, known before training: 1 + p̄."""
-        return self.train.schedule.build().expected_cost()
+        """Cost per step in SGD steps, known before training (RST: 1 + p̄; an estimate for AE-SAM)."""
+        return self.train.expected_cost()
 
     def to_config(self) -> dict[str, Any]:
         """The Ray trial config."""
@@ -119,6 +119,10 @@ class TrialRow:
         return self.record.baseline if self.record else None
 
     @property
+    def method(self) -> str | None:
+        return self.record.train.method.name if self.record else None
+
+    @property
     def configuration(self) -> str | None:
         return self.record.configuration if self.record else None
 
@@ -143,8 +147,8 @@ class TrialRow:
         return self.metrics.test_accuracy if self.metrics else None
 
     @property
-    def propagations(self) -> int | None:
-        return int(self.metrics.propagations) if self.metrics else None
+    def propagations(self) -> float | None:
+        return self.metrics.propagations if self.metrics else None
 
     @property
     def device_seconds(self) -> float | None:
@@ -164,6 +168,7 @@ class TrialRow:
             "number": self.number,
             "state": self.state,
             "label": self.label,
+            "method": self.method,
             "baseline": self.baseline,
             "val_accuracy": self.val_accuracy,
             "test_accuracy": self.test_accuracy,

@@ -1,8 +1,10 @@
 """A validated search spec as an Optuna define-by-run function that makes each trial's record.
 
-Optuna parameter names (`param_name`): `schedule` (the family), `schedule.mean` (p̄, shared by the
-families a spec spells in coordinates), `schedule.<family>.<param>` (its other parameters), `<key>`
-for any other searched training setting, and `<key>.on` for the off switch of an optional one.
+Optuna parameter names (`param_name`, `method_param_name`): `method` (the method) and
+`method.<method>.<param>` (its own parameters), `schedule` (the family, for the methods that draw from
+one), `schedule.mean` (p̄, shared by the families a spec spells in coordinates),
+`schedule.<family>.<param>` (its other parameters), `<key>` for any other searched training setting,
+and `<key>.on` for the off switch of an optional one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 import numpy as np
 import optuna
 
-from rst_tune.config import ConfigError, TrainConfig, load_config
+from rst_tune.config import ConfigError, TrainConfig, load_config, method_reads
+from rst_tune.methods import METHODS
 from rst_tune.schedules import Schedule, canonical, make_schedule
 from rst_tune.search.record import TrialRecord, known_compute
 from rst_tune.search.spec import MIN_SEEDS, Dimension, SearchSpec
@@ -26,31 +29,39 @@ def trial_seed(search_seed: int, trial_number: int) -> int:
 
 
 def describe(config: TrainConfig, searched: set[str] | None = None) -> str:
-    """A config in readable words, e.g. `step(p_early=0, p_late=1, switch=0.5), rho 0.05, G-RST 0.3`."""
-    words = [str(config.schedule.build()), f"rho {config.rho:.3g}"]
+    """A config in readable words, e.g. `step(p_early=0, p_late=1, switch=0.5), rho 0.05, G-RST 0.3` or
+    `looksam(k=5, alpha=0.7), rho 0.05` (only what its method reads)."""
+    words = [config.method_words()]
+    if method_reads(config.method.name, "rho"):
+        words.append(f"rho {config.rho:.3g}")
     if config.grst_weight is not None:
         words.append(f"G-RST {config.grst_weight:.3g}")
-    if config.adaptive:
+    if config.adaptive and method_reads(config.method.name, "adaptive"):
         words.append("ASAM")
-    for key in sorted((searched or set()) - {"schedule", "rho", "grst_weight", "adaptive"}):
+    shown = {"method", "schedule", "rho", "grst_weight", "adaptive"}
+    for key in sorted(k for k in (searched or set()) - shown if method_reads(config.method.name, k)):
         value = getattr(config, key)
         words.append(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}")
     return ", ".join(words)
 
 
 def baseline_name(config: TrainConfig) -> str | None:
-    """ "SGD" for p ≡ 0, "SAM" for plain p ≡ 1, else None."""
-    schedule = config.schedule.build()
-    if schedule.name == "constant" and schedule.params["p"] == 0.0:
-        return "SGD"
-    if schedule.name == "constant" and schedule.params["p"] == 1.0 and config.grst_weight is None:
-        return "SAM" if not config.adaptive else "ASAM"
-    return None
+    """What the method reduces to (`rst_tune.methods`): "SGD" (RST at p ≡ 0), "SAM" (or "ASAM", at
+    p ≡ 1 without G-RST), else None."""
+    found = METHODS[config.method.name].baseline(config.method.settings(), config.schedule.build())
+    if found == "SAM" and config.grst_weight is not None:
+        return None
+    return "ASAM" if found == "SAM" and config.adaptive else found
 
 
 def param_name(family: str, key: str, in_coordinates: bool) -> str:
     """The Optuna name of a schedule family's parameter `key`."""
     return "schedule.mean" if in_coordinates and key == "mean" else f"schedule.{family}.{key}"
+
+
+def method_param_name(method: str, key: str) -> str:
+    """The Optuna name of a searched method's own parameter `key`."""
+    return f"method.{method}.{key}"
 
 
 def _suggest(trial: Any, name: str, dim: Dimension) -> Any:
@@ -72,7 +83,16 @@ class DefineByRun:
 
     def __call__(self, trial: Any) -> TrialRecord:
         overrides: dict[str, Any] = {}
-        if self.spec.schedule:
+        method = self.spec.train_config().method.name
+        if self.spec.method:
+            method = trial.suggest_categorical("method", list(self.spec.method))
+            params = {
+                k: _suggest(trial, method_param_name(method, k), v) if isinstance(v, Dimension) else v
+                for k, v in self.spec.method[method].params.items()
+            }
+            overrides["method"] = {"name": method, "params": params}
+        drawn = METHODS[method].uses_schedule
+        if self.spec.schedule and drawn:
             family = trial.suggest_categorical("schedule", list(self.spec.schedule))
             searched = self.spec.schedule[family]
             values = {
@@ -87,7 +107,8 @@ class DefineByRun:
             else:
                 overrides["schedule"] = {"name": family, "params": values}
         for key, dim in self.spec.dimensions.items():
-            overrides[key] = _suggest(trial, key, dim)
+            if method_reads(method, key):
+                overrides[key] = _suggest(trial, key, dim)
         config = trial_config(self.spec, overrides, trial_seed(self.spec.seed, trial.number))
         searched = set(self.spec.dimensions) | ({"schedule"} if self.spec.schedule else set())
         return TrialRecord(config, describe(config, searched), trial.number, baseline_name(config))
@@ -154,10 +175,20 @@ class Coordinates:
         self._records[tuple(sorted(params.items()))] = record
 
     def features(self, params: dict[str, Any]) -> list[float]:
-        config = self.record(params).train
-        schedule, values = config.schedule.build(), []
+        record = self.record(params)
+        config, values = record.train, []
+        for name, family in self.spec.method.items():
+            this = config.method.name == name
+            values.append(float(this))
+            values += [
+                dim.unit(config.method.settings()[key]) if this else 0.5
+                for key, dim in family.params.items()
+                if isinstance(dim, Dimension)
+            ]
+        drawn = METHODS[config.method.name].uses_schedule
+        schedule = config.schedule.build()
         for name, family in self.spec.schedule.items():
-            this = canonical(name) == schedule.name
+            this = drawn and canonical(name) == schedule.name
             spelt = family.values_of(name, schedule) if this else {}
             values.append(float(this))
             values += [
@@ -166,7 +197,7 @@ class Coordinates:
                 if isinstance(dim, Dimension)
                 and param_name(name, key, family.in_coordinates) != "schedule.mean"
             ]
-        values.append(schedule.mean())
+        values.append(record.expected_cost - 1)  # RST: p̄
         for key, dim in self.spec.dimensions.items():
             value = getattr(config, key)
             if dim.optional:
@@ -185,6 +216,13 @@ class Coordinates:
         budget = self.spec.budget
         return budget is None or self.record(params).expected_cost <= budget
 
+    def groups(self) -> list[str]:
+        """The searched methods, where the spec balances trials over them; else none."""
+        return list(self.spec.method) if self.spec.sampler.balance_methods else []
+
+    def group(self, params: dict[str, Any]) -> str:
+        return params["method"]
+
 
 def trial_config(spec: SearchSpec, overrides: dict[str, Any], seed: int) -> TrainConfig:
     """The spec's fixed training settings with a trial's searched values and seed."""
@@ -199,13 +237,28 @@ def optuna_params(
     values outside the space raise ConfigError naming them."""
     params: dict[str, Any] = {}
     for key, value in point.items():
-        if key == "schedule" and spec.schedule:
-            name, values = (value or {}).get("name"), (value or {}).get("params", {})
-            if name not in spec.schedule:
-                raise ConfigError(
-                    f"{name!r} is not a searched family ({', '.join(spec.schedule)})",
-                    key=(*where, "schedule", "name"),
-                )
+        if key == "method" and spec.method:
+            name, values = _chosen(value, spec.method, "method", (*where, key))
+            params["method"] = name
+            for param in values:
+                if param not in spec.method[name].params:
+                    raise ConfigError(
+                        f"not searched for {name} "
+                        f"(searched: {', '.join(spec.method[name].params) or 'none'})",
+                        key=(*where, "method", "params", str(param)),
+                    )
+            for param, dim in spec.method[name].params.items():
+                given = values.get(param, dim if not isinstance(dim, Dimension) else None)
+                if isinstance(dim, Dimension) and not dim.contains(given):
+                    raise ConfigError(
+                        f"{given!r} is outside the searched range", key=(*where, "method", "params", param)
+                    )
+                if isinstance(dim, Dimension):
+                    params[method_param_name(name, param)] = given
+                elif given != dim:
+                    raise ConfigError(f"{name} fixes it at {dim}", key=(*where, "method", "params", param))
+        elif key == "schedule" and spec.schedule:
+            name, values = _chosen(value, spec.schedule, "family", (*where, key))
             params["schedule"] = name
             family = spec.schedule[name]
             try:
@@ -241,8 +294,18 @@ def optuna_params(
     return params
 
 
+def _chosen(value: Any, searched: dict[str, Any], what: str, where: tuple[str, ...]) -> tuple[str, dict]:
+    """The name and params of a point's `{name, params}`; ConfigError unless `searched` has the name."""
+    name, values = (value or {}).get("name"), (value or {}).get("params", {})
+    if name not in searched:
+        raise ConfigError(f"{name!r} is not a searched {what} ({', '.join(searched)})", key=(*where, "name"))
+    return name, values
+
+
 def _searched_keys(spec: SearchSpec) -> list[str]:
-    return (["schedule"] if spec.schedule else []) + list(spec.dimensions)
+    return (
+        (["method"] if spec.method else []) + (["schedule"] if spec.schedule else []) + list(spec.dimensions)
+    )
 
 
 def baselines(spec: SearchSpec) -> list[dict[str, Any]]:
@@ -254,6 +317,8 @@ def baselines(spec: SearchSpec) -> list[dict[str, Any]]:
     }
     if "grst_weight" in spec.dimensions:
         shared["grst_weight"] = None
+    if spec.method:
+        shared["method"] = {"name": "rst", "params": {}}
     return [{**shared, "schedule": {"name": "constant", "params": {"p": p}}} for p in (0.0, 1.0)]
 
 

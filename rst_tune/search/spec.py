@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from rst_tune.config import ConfigError, TrainConfig, load_config, validation_problems
+from rst_tune.methods import METHODS, MethodError, check_method, describe, expected_cost
 from rst_tune.schedules import (
     ALIASES,
     Schedule,
@@ -111,10 +112,22 @@ class ScheduleFamily(Strict):
         return dict(schedule.params)
 
 
+class MethodFamily(Strict):
+    """A searched method's own parameters: each a fixed value or a Dimension; those not named keep
+    the method's defaults. A method that draws from a schedule takes the spec's schedule families."""
+
+    params: dict[str, bool | int | float | Dimension] = Field(default_factory=dict)
+
+
 class Sampler(Strict):
     name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
     startup_trials: int | None = Field(
         None, ge=0, description="complete trials before TPE, GP or known_cost model the space"
+    )
+    balance_methods: bool = Field(
+        False,
+        description="known_cost: give every method of space.method the same number of trials (±1), "
+        "each proposal drawn from a method with the fewest so far (the SGD and SAM baselines count as rst)",
     )
 
 
@@ -172,7 +185,13 @@ class SearchSpec(RunSettings):
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
 
     _schedule: dict[str, ScheduleFamily] = PrivateAttr(default_factory=dict)
+    _method: dict[str, MethodFamily] = PrivateAttr(default_factory=dict)
     _dimensions: dict[str, Dimension] = PrivateAttr(default_factory=dict)
+
+    @property
+    def method(self) -> dict[str, MethodFamily]:
+        """Searched methods (empty: the method in `train` is fixed)."""
+        return self._method
 
     @property
     def schedule(self) -> dict[str, ScheduleFamily]:
@@ -195,6 +214,13 @@ class SearchSpec(RunSettings):
         for key, raw in self.space.items():
             if key == "schedule":
                 self._schedule = _schedule_families(raw)
+            elif key == "method":
+                self._method = _method_families(raw)
+                for name in self._method:  # train's fixed settings must suit every searched method
+                    try:
+                        load_config({**self.train, "method": {"name": name}})
+                    except ConfigError as err:
+                        raise ConfigError(str(err), key=("space", "method", name)) from None
             elif key not in TrainConfig.model_fields:
                 raise ConfigError(
                     "unknown key (searched keys are training settings: "
@@ -221,7 +247,7 @@ class SearchSpec(RunSettings):
             raise ConfigError(
                 "accuracy_under_budget needs a budget (the largest cost ratio, between 1 and 2)", key="budget"
             )
-        if self.budget is not None and self.budget < (cheapest := self.cheapest_schedule())[0]:
+        if self.budget is not None and self.budget < (cheapest := self.cheapest())[0]:
             raise ConfigError(
                 f"{self.budget:g} is below the cheapest expected cost in the space "
                 f"({cheapest[0]:.3g}, {cheapest[1]})",
@@ -237,10 +263,21 @@ class SearchSpec(RunSettings):
                 "accuracy_under_budget",
                 key=("sampler", "name"),
             )
+        if self.sampler.balance_methods and (self.sampler.name != "known_cost" or not self.method):
+            raise ConfigError(
+                "needs sampler known_cost and methods to balance in space.method",
+                key=("sampler", "balance_methods"),
+            )
         if self.early_stopping.rule == "asha" and self.objective == "pareto":
             raise ConfigError(
                 "asha needs a scalar objective; use pareto_fair with objective pareto",
                 key=("early_stopping", "rule"),
+            )
+        if self.baselines and self.method and "rst" not in self.method:
+            raise ConfigError(
+                "SGD and SAM baselines are RST at p = 0 and 1: add rst to space.method (or set "
+                "baselines: false)",
+                key="baselines",
             )
         if self.baselines and "constant" not in self.schedule:
             raise ConfigError(
@@ -249,6 +286,25 @@ class SearchSpec(RunSettings):
                 key="baselines",
             )
         return self
+
+    def cheapest(self) -> tuple[float, str]:
+        """The lowest expected cost per step the space can reach, and what reaches it: RST and its
+        deterministic form at their cheapest schedule, every other searched method at the corners of
+        its parameters' box (its cost is monotone in each)."""
+        base = self.train_config()
+        options = []
+        for name in self._method or {base.method.name: MethodFamily()}:
+            if METHODS[name].uses_schedule:
+                cost, schedule = self.cheapest_schedule()
+                options.append((cost, describe(name, {}, schedule)))
+                continue
+            family = self._method[name].params if self._method else base.method.params
+            ranges = [_corners(value) for value in family.values()]
+            for values in itertools.product(*ranges):
+                params = check_method(name, dict(zip(family, values)))
+                cost = expected_cost(name, params, base.schedule.build(), base.epochs)
+                options.append((cost, describe(name, params, base.schedule.build())))
+        return min(options)
 
     def cheapest_schedule(self) -> tuple[float, Schedule]:
         """The lowest expected cost 1 + p̄ the space can reach, and its schedule. Every p̄ is
@@ -333,6 +389,41 @@ def _schedule_families(raw: Any) -> dict[str, ScheduleFamily]:
                 f"same value or range as {first}'s",
                 key=("space", "schedule", name, "mean"),
             )
+    return families
+
+
+def _corners(value: Any) -> list[Any]:
+    """A fixed value, or a dimension's ends (its choices)."""
+    if not isinstance(value, Dimension):
+        return [value]
+    return value.values_to_check()
+
+
+def _method_families(raw: Any) -> dict[str, MethodFamily]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("expected a mapping of methods to their parameters", key=("space", "method"))
+    families = {}
+    for name, params in raw.items():
+        where = ("space", "method", str(name))
+        params = params or {}
+        if not isinstance(params, dict):
+            raise ConfigError("expected a mapping of its parameters", key=where)
+        family = {k: (_dimension(v, (*where, k)) if isinstance(v, dict) else v) for k, v in params.items()}
+        for key, value in family.items():
+            known = METHODS[name].params.get(key) if name in METHODS else None
+            if isinstance(value, Dimension) and known and known.kind is int and value.type != "int":
+                if value.choices is None or not all(isinstance(c, int) for c in value.choices):
+                    raise ConfigError(
+                        "an integer parameter: give type: int (or integer choices)", key=(*where, key)
+                    )
+        try:
+            check_method(name, {k: v for k, v in family.items() if not isinstance(v, Dimension)})
+            for key, value in family.items():
+                for candidate in value.values_to_check() if isinstance(value, Dimension) else []:
+                    check_method(name, {key: candidate})
+        except MethodError as err:
+            raise ConfigError(str(err), key=(*where, err.key) if err.key else where) from None
+        families[name] = MethodFamily(params=family)
     return families
 
 

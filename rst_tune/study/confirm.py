@@ -192,6 +192,7 @@ def confirmed_points(rows: Sequence[TrialRow], cost: str, confidence: float = 0.
                 beaten_by=beaten_by,
                 baseline=baseline[label],
                 vs_sgd=versus_sgd(by_seed),
+                method=next(iter(by_seed.values())).method,
             )
         )
     return points

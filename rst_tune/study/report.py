@@ -16,7 +16,7 @@ from rst_tune.search.pareto import state_counts
 from rst_tune.search.record import TrialRow, trial_rows
 from rst_tune.search.space import baseline_name
 from rst_tune.study.spec import StudySpec
-from rst_tune.study.stats import Comparison, Spread, spread, welch
+from rst_tune.study.stats import Comparison, Spread, paired, spread, welch
 
 REFERENCES = ("SGD", "SAM")
 
@@ -29,9 +29,21 @@ class ConfigurationRow:
     val_accuracy: Spread
     test_accuracy: Spread  # n = 0 when the data has no test part
     cost_ratio: Spread
+    sam_fraction: Spread
     propagations: float  # mean over seeds
     expected_cost: float
     against: dict[str, Comparison]  # "SGD" / "SAM" -> difference of `measure` and Welch p-value (not itself)
+
+
+@dataclass(frozen=True)
+class PairedRow:
+    """`a` − `b` in the measure, over the seeds both completed, with the paired interval."""
+
+    a: str
+    b: str
+    seeds: int
+    comparison: Comparison
+    confidence: float
 
 
 @dataclass
@@ -45,6 +57,7 @@ class StudyReport:
     measure: str  # what the comparisons compare: val_accuracy, or test_accuracy when there is no validation
     trials: list[TrialRow]
     rows: list[ConfigurationRow]
+    paired: list[PairedRow]
 
     def counts(self) -> dict[str, int]:
         return state_counts(self.trials)
@@ -69,6 +82,7 @@ class StudyReport:
             "seeds",
             *(column for name in shown for column in (f"{name} (mean ± sd)", "95 % CI")),
             "cost ratio",
+            "SAM fraction",
             "propagations",
             *(f"vs {ref}: Δ pp (p)" for ref in REFERENCES),
         ]
@@ -87,6 +101,7 @@ class StudyReport:
                     )
                 ),
                 _num(row.cost_ratio.mean, ".3f"),
+                _num(row.sam_fraction.mean, ".3f"),
                 _num(row.propagations, ".0f"),
                 *(_versus(row, ref) for ref in REFERENCES),
             ]
@@ -97,6 +112,20 @@ class StudyReport:
             f"{len(self.rows)} configurations × {self.seeds} seeds, {self.epochs} epochs each ({counts}). "
             f"Δ: difference of mean {self.measure} in percentage points; p: Welch's two-sided t-test."
         )
+        if self.paired:
+            lines += ["", f"Paired by seed ({self.measure}, a − b in percentage points):", ""]
+            lines += ["| a | b | seeds | Δ pp | interval | p |", "|---|---|---:|---:|---:|---:|"]
+            for pair in self.paired:
+                c = pair.comparison
+                lines.append(
+                    f"| {pair.a} | {pair.b} | {pair.seeds} | {_num(100 * c.difference, '+.2f')} | "
+                    + (
+                        "– (every seed's difference the same)"
+                        if math.isnan(c.ci_low)
+                        else f"{100 * c.ci_low:+.2f} – {100 * c.ci_high:+.2f} ({pair.confidence:.0%})"
+                    )
+                    + f" | {_num(c.p_value, '.2g')} |"
+                )
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -107,6 +136,7 @@ class StudyReport:
             "measure": self.measure,
             "counts": self.counts(),
             "configurations": [asdict(r) for r in self.rows],
+            "paired": [asdict(p) for p in self.paired],
             "trials": [r.to_json() for r in self.trials],
         }
 
@@ -162,8 +192,9 @@ def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
                 val_accuracy=spread([t.val_accuracy for t in mine]),
                 test_accuracy=spread([t.test_accuracy for t in mine if t.test_accuracy is not None]),
                 cost_ratio=spread([t.cost_ratio for t in mine]),
+                sam_fraction=spread([t.metrics.sam_fraction for t in mine]),
                 propagations=spread([t.propagations for t in mine]).mean,
-                expected_cost=config.schedule.build().expected_cost(),
+                expected_cost=config.expected_cost(),
                 against={
                     ref: welch(accuracies[label], accuracies[other])
                     for ref, other in references.items()
@@ -171,7 +202,15 @@ def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
                 },
             )
         )
-    return StudyReport(spec.name, spec.seeds, spec.train_config().epochs, measure, trials, rows)
+    paired_rows = []
+    for a, b in spec.compare:
+        by_seed = [
+            {t.seed: getattr(t, measure) for t in done if t.configuration == label} for label in (a, b)
+        ]
+        common = sorted(set(by_seed[0]) & set(by_seed[1]))
+        difference = paired([by_seed[0][s] for s in common], [by_seed[1][s] for s in common], spec.confidence)
+        paired_rows.append(PairedRow(a, b, len(common), difference, spec.confidence))
+    return StudyReport(spec.name, spec.seeds, spec.train_config().epochs, measure, trials, rows, paired_rows)
 
 
 def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
@@ -197,6 +236,7 @@ def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
                 "test_ci95_low",
                 "test_ci95_high",
                 "cost_ratio_mean",
+                "sam_fraction_mean",
                 "propagations_mean",
                 "expected_cost",
                 *(f"{key}_vs_{ref}" for ref in REFERENCES for key in keys),
@@ -219,6 +259,7 @@ def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
                     row.test_accuracy.ci_low,
                     row.test_accuracy.ci_high,
                     row.cost_ratio.mean,
+                    row.sam_fraction.mean,
                     row.propagations,
                     row.expected_cost,
                     *(getattr(c, key) if c else "" for c in comparisons for key in keys),

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from rst_tune.config import ConfigError, TrainConfig, load_config
+from rst_tune.methods import METHODS
 from rst_tune.search.objectives import COSTS
 from rst_tune.search.settings import Lines, RunSettings, load_settings, parse_settings
 from rst_tune.search.space import baseline_name, describe
@@ -36,6 +37,11 @@ class StudySpec(RunSettings):
         "val_accuracy against cost is undecided, up to `seeds` each (rst_tune.study.sequential)",
     )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="the level of the paired intervals")
+    compare: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="pairs of configuration labels [a, b]: the report gives a − b seed by seed (paired "
+        "interval at `confidence`)",
+    )
     cost: Literal[COSTS] = Field("propagations", description="the cost axis `sequential` orders by")  # type: ignore[valid-type]
 
     @model_validator(mode="after")
@@ -56,6 +62,13 @@ class StudySpec(RunSettings):
                     key=("configurations", str(index), "label"),
                 )
             labels[label] = index
+        for index, pair in enumerate(self.compare):
+            for side, label in enumerate(pair):
+                if label not in labels:
+                    raise ConfigError(
+                        f"{label!r} is not a configuration's label ({', '.join(labels)})",
+                        key=("compare", str(index), str(side)),
+                    )
         return self
 
     def train_config_of(self, index: int, seed_index: int = 0) -> TrainConfig:
@@ -97,8 +110,9 @@ class StudySpec(RunSettings):
             f"{most}{self.num_samples} trials of {self.train_config().epochs} epochs:"
         ]
         for index in range(len(self.configurations)):
-            cost = self.train_config_of(index).schedule.build().expected_cost()
-            lines.append(f"  {self.label(index)}: expected cost {cost:.3f}")
+            config = self.train_config_of(index)
+            estimate = " (an estimate)" if METHODS[config.method.name].estimated else ""
+            lines.append(f"  {self.label(index)}: expected cost {config.expected_cost():.3f}{estimate}")
         return "\n".join(lines)
 
     def search_spec(self) -> SearchSpec:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rst_tune.methods import METHODS
 from rst_tune.search.record import TrialRecord
 from rst_tune.train import EpochMetrics
 
@@ -19,14 +20,18 @@ def _pyplot():
 
 
 def plot_schedule(record: TrialRecord, history: list[EpochMetrics], path: Path, epochs: int) -> None:
-    """p(t) of the trial's schedule, with the realised SAM fraction of every epoch."""
+    """p(t) of the trial's schedule (for the methods that draw from one), with the realised SAM
+    fraction of every epoch."""
     plt = _pyplot()
-    schedule = record.train.schedule.build()
+    schedule, drawn = record.train.schedule.build(), METHODS[record.train.method.name].uses_schedule
     xs = [i / 400 for i in range(401)]
     steps, sam = [0] + [h.steps for h in history], [0] + [h.sam_steps for h in history]
     fraction = [(sam[i + 1] - sam[i]) / (steps[i + 1] - steps[i]) for i in range(len(history))]
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-    ax.plot([x * epochs for x in xs], [schedule(x) for x in xs], color="tab:blue", label=f"p(t) = {schedule}")
+    if drawn:
+        ax.plot(
+            [x * epochs for x in xs], [schedule(x) for x in xs], color="tab:blue", label=f"p(t) = {schedule}"
+        )
     ax.stairs(
         fraction,
         [h.epoch - 1 for h in history[:1]] + [h.epoch for h in history],
@@ -34,7 +39,7 @@ def plot_schedule(record: TrialRecord, history: list[EpochMetrics], path: Path, 
         label="realised SAM fraction per epoch",
     )
     ax.set(xlabel="epoch", ylabel="probability of a SAM step", ylim=(-0.05, 1.05), xlim=(0, epochs))
-    ax.set_title(f"p̄ = {schedule.mean():.3f}, expected cost {schedule.expected_cost():.3f}", fontsize=9)
+    ax.set_title(f"{record.train.method_words()}: expected cost {record.expected_cost:.3f}", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()

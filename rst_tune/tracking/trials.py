@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from mlflow.entities import RunTag
 
+from rst_tune.config import method_reads
+from rst_tune.methods import METHODS
 from rst_tune.search.record import TrialRecord
 from rst_tune.tracking.client import FAILED, GuardedClient
 from rst_tune.train import EPOCH_METRICS, METRICS, EpochMetrics
@@ -12,16 +14,20 @@ STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # Optun
 
 
 def flat_params(record: TrialRecord) -> dict[str, str]:
-    """A trial's settings with plain names: `schedule`, `schedule.p`, `rho`, `grst_weight`, ..."""
-    train = record.train.model_dump()
+    """A trial's settings with plain names: `method`, `method.k`, `schedule`, `schedule.p`, `rho`,
+    `grst_weight`, ... (the schedule's keys only for the methods that draw from one)."""
+    train, method = record.train.model_dump(), record.train.method
+    drawn = METHODS[method.name].uses_schedule
     params = {
-        "schedule": train["schedule"]["name"],
-        **{f"schedule.{k}": v for k, v in train["schedule"]["params"].items()},
+        "method": method.name,
+        **{f"method.{k}": v for k, v in method.settings().items()},
+        **({"schedule": train["schedule"]["name"]} if drawn else {}),
+        **{f"schedule.{k}": v for k, v in train["schedule"]["params"].items() if drawn},
         **{f"model_params.{k}": v for k, v in train["model_params"].items()},
         **{
             k: ("off" if k == "grst_weight" and v is None else v)
             for k, v in train.items()
-            if k not in ("schedule", "model_params")
+            if k not in ("method", "schedule", "model_params") and method_reads(method.name, k)
         },
         "expected_cost": record.expected_cost,
     }
