@@ -336,7 +336,7 @@ def test_realised_cost_ratio_meets_the_expected_cost_within_one_step(method, par
     ("values", "key", "match"),
     [
         ({"method": {"name": "esam"}}, "method.name", "unknown method 'esam'"),
-        ({"method": {"name": "looksam", "params": {"k": 0}}}, "method.params.k", r"\[1, inf\]"),
+        ({"method": {"name": "looksam", "params": {"k": 0}}}, "method.params.k", r"\[1, inf\)"),
         ({"method": {"name": "looksam", "params": {"k": 2.5}}}, "method.params.k", "integer"),
         ({"method": {"name": "aesam", "params": {"delta": 1.0}}}, "method.params.delta", r"\(0, 1\)"),
         ({"method": {"name": "mesa", "params": {"lambda": 1}}}, "method.params.lambda", "valid: weight"),
@@ -538,3 +538,35 @@ def test_an_optimizer_state_from_before_pass_counting_loads_its_propagations():
         opt.propagations,
         opt.propagations,
     )
+
+
+def test_a_method_with_nothing_affordable_leaves_the_balanced_proposals_to_the_others(tmp_path):
+    import optuna
+
+    from rst_tune.search import parse_spec
+    from rst_tune.search.known_cost import KnownCostSampler
+    from rst_tune.search.space import Coordinates, DefineByRun
+
+    spec = parse_spec(
+        {
+            "train": {"epochs": 2, "device": "cpu"},
+            "space": {
+                "method": {"rst": {}, "mesa": {"start": 0}},  # MESA costs 4/3 a step: over the budget
+                "schedule": {"constant": {"mean": {"low": 0.0, "high": 1.0}}},
+            },
+            "objective": "accuracy_under_budget",
+            "budget": 1.3,
+            "baselines": False,
+            "num_samples": 8,
+            "sampler": {"name": "known_cost", "balance_methods": True, "startup_trials": 2},
+        }
+    )
+    sampler = KnownCostSampler(Coordinates(spec), spec.num_samples, startup_trials=2, seed=1)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/starved.db", sampler=sampler)
+    space = DefineByRun(spec)
+    for _ in range(spec.num_samples):
+        trial = study.ask()
+        record = space(trial)
+        study.tell(trial, 0.5 + 0.1 * record.expected_cost)
+    assert [t.params["method"] for t in study.trials] == ["rst"] * spec.num_samples
+    assert all(t.user_attrs == {} and t.params["schedule.mean"] <= 0.3 for t in study.trials)

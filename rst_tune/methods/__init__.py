@@ -72,7 +72,10 @@ class Param:
         above = value >= self.low if self.closed[0] else value > self.low
         below = value <= self.high if self.closed[1] else value < self.high
         if not (above and below):
-            ends = ("[" if self.closed[0] else "(", "]" if self.closed[1] else ")")
+            ends = (
+                "[" if self.closed[0] and math.isfinite(self.low) else "(",
+                "]" if self.closed[1] and math.isfinite(self.high) else ")",
+            )
             raise ValueError(f"must lie in {ends[0]}{self.low:g}, {self.high:g}{ends[1]} (got {value!r})")
         return self.kind(value)
 

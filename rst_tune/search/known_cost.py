@@ -120,11 +120,11 @@ class KnownCostSampler(optuna.samplers.BaseSampler):
         )
         return max(0.0, 1.0 - len(ended) / self.trials)
 
-    def _draws(self, n: int, groups: set[str] | None = None) -> list[dict[str, Any]]:
+    def _draws(self, n: int) -> list[dict[str, Any]]:
         draws = []
         for _ in range(100 * n):
             params = self.space.draw(self._rng)
-            if self.space.admissible(params) and (groups is None or self.space.group(params) in groups):
+            if self.space.admissible(params):
                 draws.append(params)
                 if len(draws) == n:
                     break
@@ -133,8 +133,12 @@ class KnownCostSampler(optuna.samplers.BaseSampler):
     def _propose(self, study: optuna.Study, number: int) -> dict[str, Any]:
         """The configuration trial `number` trains; the other running trials have theirs."""
         seen = [t for t in study.get_trials(deepcopy=False) if _accuracy(t) is not None]
-        n = 1 if len(seen) < self.startup_trials else CANDIDATES
-        candidates = self._draws(n, self._fewest(study, number)) or self._draws(n)  # none affordable there
+        n, groups = 1 if len(seen) < self.startup_trials else CANDIDATES, self._fewest(study, number)
+        if groups is None:
+            candidates = self._draws(n)
+        else:  # drawn from every group, kept from the fewest (from any, if none of those is affordable)
+            draws = self._draws(max(n, 64) * len(self.space.groups()))
+            candidates = ([d for d in draws if self.space.group(d) in groups] or draws)[:n]
         if len(seen) < self.startup_trials or not candidates:
             return candidates[0] if candidates else {}
         pending = [
