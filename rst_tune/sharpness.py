@@ -328,7 +328,7 @@ class RandomizedSAM(torch.optim.Optimizer):
             torch._foreach_mul_([p.grad for p in params], alpha)
             return
         g2 = [p.grad for p in params]
-        torch._foreach_lerp_(g1, g2, alpha)  # g1 + α(g2 − g1) = (1 − α)·g1 + α·g2
+        lerp_(g1, g2, alpha)  # g1 + α(g2 − g1) = (1 − α)·g1 + α·g2
         for p, g in zip(params, g1):
             p.grad = g
 

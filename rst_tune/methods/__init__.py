@@ -112,6 +112,21 @@ def _by_schedule(params: Mapping[str, Any], schedule: Schedule) -> str | None:
     return None
 
 
+def _one_in_k(params: Mapping[str, Any], schedule: Schedule, epochs: int) -> float:
+    """The extra cost of a sharpness-aware step every k steps."""
+    return 1 / params["k"]
+
+
+def _sam_at_k1(params: Mapping[str, Any], schedule: Schedule) -> str | None:
+    """A sharpness-aware step every step is SAM."""
+    return "SAM" if params["k"] == 1 else None
+
+
+def _late(params: Mapping[str, Any]) -> Schedule:
+    """Late-phase SAM's p(t): 0 up to `switch`, 1 after it."""
+    return make_schedule("step_up", switch=params["switch"])
+
+
 def _share_above(low: float, high: float) -> float:
     """The mean over x in [0, 1] of P(Z ≥ x·low + (1 − x)·high), Z standard normal: AE-SAM's share
     of sharpness-aware steps were ‖g‖² normal about its running mean."""
@@ -147,19 +162,19 @@ METHODS: dict[str, Method] = {
         "rho is not scaled with k (Composer's README suggests scaling it by hand)",
         "mosaicml/composer composer/algorithms/sam/sam.py",
         lambda params, schedule, model: Parts(rule=Every(params["k"], offset=1)),
-        lambda params, schedule, epochs: 1 / params["k"],
+        _one_in_k,
         {"k": Param(2, int, 1)},
-        baseline=lambda params, schedule: "SAM" if params["k"] == 1 else None,
+        baseline=_sam_at_k1,
     ),
     "late_phase": Method(
         "Plain steps until progress `switch`, sharpness-aware steps after it; the momentum buffer "
         "starts afresh at the switch (restart_momentum), as the official code's second optimizer",
         "Zhou et al., ICLR 2025; zzp1012/SAM-in-Late-Phase script/ERM_to_SAM.py",
         lambda params, schedule, model: Parts(
-            rule=Deterministic(make_schedule("step_up", switch=params["switch"])),
+            rule=Deterministic(_late(params)),
             hook=MomentumRestart(params["switch"]) if params["restart_momentum"] else None,
         ),
-        lambda params, schedule, epochs: 1 - params["switch"],
+        lambda params, schedule, epochs: _late(params).mean(),
         {"switch": Param(0.75, float, 0.0, 1.0), "restart_momentum": Param(True, bool)},
         baseline=lambda params, schedule: "SGD" if params["switch"] == 1.0 else None,
     ),
@@ -170,9 +185,9 @@ METHODS: dict[str, Method] = {
         lambda params, schedule, model: Parts(
             rule=Every(params["k"], offset=0), reuse=LookSAMReuse(params["alpha"])
         ),
-        lambda params, schedule, epochs: 1 / params["k"],
+        _one_in_k,
         {"k": Param(5, int, 1), "alpha": Param(0.7, float, 0.0)},
-        baseline=lambda params, schedule: "SAM" if params["k"] == 1 else None,
+        baseline=_sam_at_k1,
     ),
     "aesam": Method(
         "AE-SAM: a sharpness-aware step when ‖g‖² ≥ μ + c_t·σ, μ and σ² its running mean and variance "

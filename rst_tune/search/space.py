@@ -177,11 +177,12 @@ class Coordinates:
     def features(self, params: dict[str, Any]) -> list[float]:
         record = self.record(params)
         config, values = record.train, []
+        settings = config.method.settings()
         for name, family in self.spec.method.items():
             this = config.method.name == name
             values.append(float(this))
             values += [
-                dim.unit(config.method.settings()[key]) if this else 0.5
+                dim.unit(settings[key]) if this else 0.5
                 for key, dim in family.params.items()
                 if isinstance(dim, Dimension)
             ]
