@@ -45,6 +45,7 @@ from rst_bench.searchers import STOPPING, Searcher
 from rst_bench.table import Table
 from rst_tune.config import TrainConfig
 from rst_tune.schedules import Schedule
+from rst_tune.search.cost_axis import CostAxis
 from rst_tune.search.pareto import build_report, pareto_front
 from rst_tune.search.record import TrialRecord, TrialRow
 from rst_tune.search.space import DefineByRun, points_to_evaluate
@@ -262,7 +263,8 @@ class Replay:
         seeds, confirm = spec.confirm.seeds, spec.confirm
         if seeds > self.table.shape[1]:
             raise ValueError(f"confirm.seeds {seeds} is more than the table's {self.table.shape[1]} seeds")
-        chosen = candidates(build_report(study, "pareto", None), confirm.margin, confirm.max_points)
+        report = build_report(study, "pareto", None, CostAxis.of(spec))
+        chosen = candidates(report, confirm.margin, confirm.max_points)
         labels = [f"trial {row.number}: {row.label}" for row in chosen]
         cells = [self.lookup.row(row.record.train) for row in chosen]
         order = [(i, j) for j in range(seeds) for i in range(len(chosen))]  # the fixed plan's

@@ -192,7 +192,8 @@ METHODS: dict[str, Method] = {
     "aesam": Method(
         "AE-SAM: a sharpness-aware step when ‖g‖² ≥ μ + c_t·σ, μ and σ² its running mean and variance "
         "(decay delta), c_t moving linearly from lambda2 to lambda1; its cost is known after training only",
-        "Jiang et al., An Adaptive Policy to Employ Sharpness-Aware Minimization, ICLR 2023",
+        "Jiang et al., An Adaptive Policy to Employ Sharpness-Aware Minimization, ICLR 2023; rule and "
+        "defaults as junaidaliop/zij's notes give them, not yet checked against the paper's text",
         lambda params, schedule, model: Parts(
             rule=AdaptiveNorm(params["delta"], params["lambda1"], params["lambda2"])
         ),

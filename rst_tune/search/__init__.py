@@ -7,10 +7,12 @@ front of accuracy against propagations.
     print(report.table())
 
 Public names: `load_spec`, `parse_spec`, `SearchSpec`, `run_search`, `search_report`, `read_run`,
-`ParetoReport`, `pareto_front`, `hypervolume`, `OBJECTIVES`, `TrialRecord`, `TrialRow`, `RunFolder`.
+`ParetoReport`, `pareto_front`, `hypervolume`, `CostAxis`, `OBJECTIVES`, `TrialRecord`, `TrialRow`,
+`RunFolder`.
 Everything else is private.
 """
 
+from rst_tune.search.cost_axis import CostAxis
 from rst_tune.search.folder import RunFolder
 from rst_tune.search.objectives import OBJECTIVES
 from rst_tune.search.pareto import ParetoReport, hypervolume, pareto_front
@@ -20,6 +22,7 @@ from rst_tune.search.spec import SearchSpec, load_spec, parse_spec
 
 __all__ = [
     "OBJECTIVES",
+    "CostAxis",
     "ParetoReport",
     "RunFolder",
     "SearchSpec",

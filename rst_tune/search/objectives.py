@@ -5,8 +5,9 @@
 - `acc_per_prop`: maximise val_accuracy / cost_ratio. It rewards cheap schedules: halving the cost
   is worth as much as doubling the accuracy, so SGD-like schedules win unless sharpness-aware steps
   buy a lot. Right when compute is the scarce resource and small accuracy differences do not matter.
-- `accuracy_under_budget`: maximise val_accuracy subject to cost_ratio ≤ budget. Configurations whose
-  expected cost 1 + p̄ exceeds the budget are never trained; the realised cost is an Optuna constraint.
+- `accuracy_under_budget`: maximise val_accuracy subject to cost ≤ budget (`rst_tune.search.cost_axis`:
+  compute over SGD's at train's settings). Configurations whose cost, known before training, exceeds
+  the budget are never trained; the realised cost is an Optuna constraint.
 """
 
 from __future__ import annotations
@@ -44,6 +45,6 @@ def objective_for(name: str, cost: str = "propagations") -> Objective:
     return replace(objective, metrics=("val_accuracy", cost)) if name == "pareto" else objective
 
 
-def budget_constraint(cost_ratio: float, budget: float) -> float:
+def budget_constraint(cost: float, budget: float) -> float:
     """Optuna constraint value: feasible when ≤ 0."""
-    return cost_ratio - budget
+    return cost - budget

@@ -1,10 +1,11 @@
 """The Pareto front of a search, read from its Optuna study: table, CSV, JSON, plot and hypervolume.
 
-The front is over val_accuracy (higher is better) and a cost (lower is better: propagations, or
-device_seconds) of the trials that trained every epoch (COMPLETE, and within the budget when there is
-one), whatever the objective. Test accuracy is shown beside it, never used to choose. The
-hypervolume is the area the front dominates above the reference point (val_accuracy 0, and the
-propagations of SAM at every step, or the most device_seconds a trial took), divided by that cost.
+The front is over val_accuracy (higher is better) and a cost on the search's axis (lower is better:
+`rst_tune.search.cost_axis`) of the trials that trained every epoch (COMPLETE, and within the budget
+when there is one), whatever the objective. Test accuracy is shown beside it, never used to choose.
+The hypervolume is the area the front dominates above the reference point (val_accuracy 0, and the
+propagations of the dearest trial had it taken SAM's step at every step, or the most device_seconds
+a trial took), divided by that cost.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 
 import optuna
 
+from rst_tune.search.cost_axis import CostAxis
 from rst_tune.search.record import TrialRow, trial_rows
 
 
@@ -65,16 +67,14 @@ class ConfirmedPoint:
     cost_ratio_mean: float
     propagations_mean: float
     device_seconds_mean: float
+    epochs: int  # its configuration's epochs and batch size: its place on the cost axis
+    batch_size: int
     on_front: bool
     beaten_by: int | None = None
     baseline: str | None = None
     # val_accuracy minus the SGD baseline's over the same seeds: mean and paired 95 % interval
     vs_sgd: tuple[float, float, float] | None = None
     method: str = "rst"  # its method's name (rst_tune.methods)
-
-    def cost(self, name: str) -> float:
-        """Its mean `name` ("propagations" or "device_seconds")."""
-        return self.propagations_mean if name == "propagations" else self.device_seconds_mean
 
     def to_json(self) -> dict[str, Any]:
         nan_free = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
@@ -97,26 +97,36 @@ class ParetoReport:
     name: str
     objective: str
     budget: float | None
-    cost: str  # the cost axis: "propagations" or "device_seconds"
+    axis: CostAxis
     trials: list[TrialRow]
     front: list[TrialRow]
     reference_cost: float | None
     hypervolume: float | None
     confirmed: list[ConfirmedPoint] = field(default_factory=list)  # empty: not confirmed (yet)
 
+    @property
+    def cost(self) -> str:
+        """The axis's cost: "propagations" or "device_seconds"."""
+        return self.axis.name
+
     def x(self, row: TrialRow) -> float:
-        """A trial's place on the plot's cost axis: its cost ratio (propagations per step), or its
-        device_seconds."""
-        return row.cost_ratio if self.cost == "propagations" else row.device_seconds
+        """A trial's place on the plot (`CostAxis.x`)."""
+        return self.axis.x(row)
+
+    def confirmed_cost(self, point: ConfirmedPoint) -> float:
+        """A confirmed point's cost (`CostAxis.cost`), the mean over its seeds."""
+        return self.axis.cost(point.cost_ratio_mean, point.epochs, point.batch_size)
 
     def confirmed_x(self, point: ConfirmedPoint) -> float:
-        """A confirmed point's place on the cost axis: the mean over its seeds."""
-        return point.cost_ratio_mean if self.cost == "propagations" else point.device_seconds_mean
+        """A confirmed point's place on the plot: the mean over its seeds."""
+        return point.device_seconds_mean if self.cost == "device_seconds" else self.confirmed_cost(point)
 
     def x_label(self) -> str:
-        if self.cost == "propagations":
-            return "cost ratio (propagations per step; SGD 1, SAM 2)"
-        return "device seconds (training wall time × devices)"
+        return self.axis.label()
+
+    def row_json(self, row: TrialRow) -> dict[str, Any]:
+        """A trial as pareto.json lists it: its record and metrics, and its `cost` on the axis."""
+        return {**row.to_json(), "cost": self.axis.cost_of(row) if row.metrics else None}
 
     def complete(self) -> list[TrialRow]:
         return [r for r in self.trials if r.state == "COMPLETE"]
@@ -140,9 +150,9 @@ class ParetoReport:
             "cost": self.cost,
             "reference_point": {"val_accuracy": 0.0, self.cost: self.reference_cost},
             "hypervolume": self.hypervolume,
-            "front": [r.to_json() for r in self.front],
+            "front": [self.row_json(r) for r in self.front],
             "confirmed": [point.to_json() for point in self.confirmed],
-            "trials": [r.to_json() for r in self.trials],
+            "trials": [self.row_json(r) for r in self.trials],
         }
 
     def table(self) -> str:
@@ -155,14 +165,14 @@ class ParetoReport:
             tag = f"  [{row.baseline}]" if row.baseline else ""
             test = "–" if row.test_accuracy is None else f"{row.test_accuracy:.2%}"
             lines.append(
-                f"{row.number:>5}  {row.val_accuracy:>7.2%}  {test:>8}  {row.cost_ratio:>5.3f}  "
+                f"{row.number:>5}  {row.val_accuracy:>7.2%}  {test:>8}  {self.axis.cost_of(row):>5.3f}  "
                 f"{row.propagations:>12.0f}  {row.device_seconds:>8.1f}  {row.label}{tag}"
             )
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.counts().items()))
         lines.append(f"{len(self.trials)} trials ({counts}); {len(self.front)} on the front")
         if self.hypervolume is not None:
             reference = (
-                f"propagations {self.reference_cost:.0f} = SAM at every step"
+                f"propagations {self.reference_cost:.0f} = SAM at every step of the dearest trial"
                 if self.cost == "propagations"
                 else f"device_seconds {self.reference_cost:.1f} = the longest trial"
             )
@@ -194,14 +204,14 @@ class ParetoReport:
                 return "–"
             return f"{100 * difference[0]:+.1f} ({100 * difference[1]:+.1f}…{100 * difference[2]:+.1f})"
 
-        for point in sorted(self.confirmed, key=lambda p: (not p.on_front, p.cost(self.cost))):
+        for point in sorted(self.confirmed, key=lambda p: (not p.on_front, self.confirmed_x(p))):
             tag = f"  [{point.baseline}]" if point.baseline else ""
             verdict = "" if point.on_front else f"  (beaten by trial {point.beaten_by})"
             lines.append(
                 f"{point.trial:>5}  {point.seeds:>5}  "
                 f"{interval(point.val_accuracy_mean, point.val_accuracy_ci):>23}  "
                 f"{interval(point.test_accuracy_mean, point.test_accuracy_ci):>23}  "
-                f"{versus(point.vs_sgd):>22}  {point.cost_ratio_mean:>5.3f}  "
+                f"{versus(point.vs_sgd):>22}  {self.confirmed_cost(point):>5.3f}  "
                 f"{point.device_seconds_mean:>8.1f}  {point.label}{tag}{verdict}"
             )
         kept = sum(point.on_front for point in self.confirmed)
@@ -216,24 +226,19 @@ class ParetoReport:
         return lines
 
 
-def build_report(
-    study: optuna.Study, objective: str, budget: float | None, cost: str = "propagations"
-) -> ParetoReport:
-    """The front of `study`'s complete trials against `cost` ("propagations" or "device_seconds")."""
+def build_report(study: optuna.Study, objective: str, budget: float | None, axis: CostAxis) -> ParetoReport:
+    """The front of `study`'s complete trials on `axis`."""
     rows = trial_rows(study)
-    done = [r for r in rows if r.state == "COMPLETE" and (budget is None or r.cost_ratio <= budget)]
-    front = [done[i] for i in pareto_front([(r.val_accuracy, getattr(r, cost)) for r in done])]
-    front.sort(key=lambda r: (getattr(r, cost), -r.val_accuracy))
-    if cost == "propagations":
-        reference = max((2 * r.metrics.steps for r in done), default=None)  # SAM at every step
-    else:
-        reference = max((r.device_seconds for r in done), default=None)
+    done = [r for r in rows if r.state == "COMPLETE" and (budget is None or axis.cost_of(r) <= budget)]
+    front = [done[i] for i in pareto_front([(r.val_accuracy, axis.value(r)) for r in done])]
+    front.sort(key=lambda r: (axis.value(r), -r.val_accuracy))
+    reference = axis.reference(done)
     volume = (
-        hypervolume([(r.val_accuracy, getattr(r, cost)) for r in front], (0.0, reference)) / reference
+        hypervolume([(r.val_accuracy, axis.value(r)) for r in front], (0.0, reference)) / reference
         if reference
         else None
     )
-    return ParetoReport(study.study_name, objective, budget, cost, rows, front, reference, volume)
+    return ParetoReport(study.study_name, objective, budget, axis, rows, front, reference, volume)
 
 
 def write_report(report: ParetoReport, folder: str | Path) -> list[Path]:
@@ -258,9 +263,9 @@ def write_report(report: ParetoReport, folder: str | Path) -> list[Path]:
             "ray_trial_id",
             "baseline",
         ]
-        writer.writerow(columns)
+        writer.writerow([*columns, "cost"])
         for row in report.front:
-            writer.writerow([getattr(row, c) for c in columns])
+            writer.writerow([*(getattr(row, c) for c in columns), report.axis.cost_of(row)])
     json_path.write_text(json.dumps(report.to_json(), indent=2))
     txt_path.write_text(report.table() + "\n")
     plot(report, png_path)
@@ -397,7 +402,7 @@ def plot(report: ParetoReport, path: Path) -> None:
         ]
         for x, y, method in named:
             ax.annotate(method, (x, y), xytext=(4, -9), textcoords="offset points", fontsize=7, zorder=7)
-    if report.budget is not None and report.cost == "propagations":
+    if report.budget is not None and report.cost == "propagations":  # the budget bounds the plot's cost
         ax.axvline(report.budget, color="tab:blue", linestyle="--", label=f"budget {report.budget:g}")
     ax.set_xlabel(report.x_label())
     ax.set_ylabel("validation accuracy")

@@ -17,12 +17,6 @@ from rst_tune.train import EPOCH_METRICS, EpochMetrics
 _PLAIN_FIELDS = ("label", "baseline", "configuration", "seed_index")  # every field but train and the number
 
 
-def known_compute(expected_cost: float, epochs: int, batch_size: int) -> float:
-    """A trial's compute, known before it trains, up to a factor shared by a search's trials:
-    1 + p̄ propagation pairs per step (`expected_cost`), over epochs / batch size worth of steps."""
-    return expected_cost * epochs / batch_size
-
-
 @dataclass(frozen=True)
 class TrialRecord:
     """What one trial trains: its whole training config (seed included), a readable label, its

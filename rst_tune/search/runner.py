@@ -15,6 +15,7 @@ from ray import tune
 
 from rst_tune.config import ConfigError
 from rst_tune.search.cluster import check_shared, code_runtime_env, connect, spans_machines
+from rst_tune.search.cost_axis import CostAxis
 from rst_tune.search.folder import EXPERIMENT, RunFolder
 from rst_tune.search.objectives import COSTS
 from rst_tune.search.parallel import ReleaseWorkers, train_parallel_trial, trial_checkpoint
@@ -88,7 +89,7 @@ def _tuner(
     restore: bool,
     callbacks: Sequence[tune.Callback],
 ) -> tune.Tuner:
-    spec, epochs = plan.spec, plan.spec.train_config().epochs
+    spec = plan.spec
     if spec.resources.workers == 1:
         trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     else:  # the trial only drives its Train run, whose workers hold the resources
@@ -107,7 +108,7 @@ def _tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=build_scheduler(spec, epochs),
+            scheduler=build_scheduler(spec, searcher.axis),
             num_samples=num_samples,
             max_concurrent_trials=spec.max_concurrent,
             reuse_actors=spec.reuse_actors and spec.resources.workers == 1,
@@ -237,7 +238,7 @@ def read_search_report(run_dir: str | Path, cost: str | None = None) -> ParetoRe
     folder = RunFolder.existing(run_dir, "search")
     _, spec = folder.read_settings(parse_spec)
     study = optuna.load_study(study_name=spec.name, storage=folder.study_storage())
-    return build_report(study, spec.objective, spec.budget, cost or spec.cost)
+    return build_report(study, spec.objective, spec.budget, CostAxis.of(spec, cost, study.user_attrs))
 
 
 def search_report(run_dir: str | Path, cost: str | None = None) -> ParetoReport:

@@ -1,8 +1,12 @@
 """Early stopping: ASHA on a scalar objective, and two rules for the accuracy-cost front.
 
+Both price a trial by what its training costs, known before it trains, on the search's cost axis
+(`rst_tune.search.cost_axis`); without an axis, trials share their epochs and batch size and the
+expected cost per step prices them.
+
 The Pareto-fair rule stops a trial at an epoch only when, at that same epoch, at least
-`min_dominating` trials of no higher expected cost (1 + p̄) reached a higher val_accuracy: a cheap
-schedule is never stopped for losing to an expensive one.
+`min_dominating` trials of no higher cost reached a higher val_accuracy: a cheap schedule is never
+stopped for losing to an expensive one.
 
 The hypervolume rule stops a trial only when an optimistic bound on its final val_accuracy can no
 longer add hypervolume at its own known cost: the bound is its accuracy now plus the largest gain
@@ -19,12 +23,22 @@ from collections import defaultdict
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from rst_tune.search.cost_axis import CostAxis
 from rst_tune.search.objectives import OBJECTIVES
-from rst_tune.search.record import known_compute
 from rst_tune.search.spec import SearchSpec
 
 # A result with a `failure` is the trainable's last before it raises: neither scheduler stops a
 # trial there, so that it ends in ERROR with its reason rather than as stopped early.
+
+
+def known_cost(axis: CostAxis | None, trial, result: dict) -> float:
+    """What training `trial` costs on `axis`: its expected cost per step (`result`) over its epochs at
+    its batch size (the spec's, unless its config draws them)."""
+    if axis is None:
+        return result["expected_cost"]
+    train = (trial.config or {}).get("train", {})
+    epochs, batch_size = train.get("epochs", axis.epochs), train.get("batch_size", axis.batch_size)
+    return axis.cost(result["expected_cost"], epochs, batch_size)
 
 
 class ASHA(ASHAScheduler):
@@ -35,16 +49,17 @@ class ASHA(ASHAScheduler):
 
 
 class ParetoFairScheduler(FIFOScheduler):
-    def __init__(self, grace_epochs: int = 1, min_dominating: int = 1):
+    def __init__(self, grace_epochs: int = 1, min_dominating: int = 1, axis: CostAxis | None = None):
         super().__init__()
-        self.grace_epochs, self.min_dominating = grace_epochs, min_dominating
-        # epoch -> (expected cost, val_accuracy) of every result at that epoch
+        self.grace_epochs, self.min_dominating, self.axis = grace_epochs, min_dominating, axis
+        # epoch -> (known cost, val_accuracy) of every result at that epoch
         self._seen: dict[int, list[tuple[float, float]]] = defaultdict(list)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if "failure" in result:
             return TrialScheduler.CONTINUE
-        epoch, cost, accuracy = result["epoch"], result["expected_cost"], result["val_accuracy"]
+        epoch, accuracy = result["epoch"], result["val_accuracy"]
+        cost = known_cost(self.axis, trial, result)
         rivals = self._seen[epoch]
         beaten_by = sum(c <= cost and a > accuracy for c, a in rivals)
         rivals.append((cost, accuracy))
@@ -54,9 +69,21 @@ class ParetoFairScheduler(FIFOScheduler):
 
 
 class HypervolumeScheduler(FIFOScheduler):
-    def __init__(self, epochs: int, grace_epochs: int = 1, margin: float = 0.01, min_complete: int = 4):
+    def __init__(
+        self,
+        epochs: int,
+        grace_epochs: int = 1,
+        margin: float = 0.01,
+        min_complete: int = 4,
+        axis: CostAxis | None = None,
+    ):
         super().__init__()
-        self.epochs, self.grace_epochs, self.min_complete = epochs, grace_epochs, min_complete
+        self.epochs, self.grace_epochs, self.min_complete, self.axis = (
+            epochs,
+            grace_epochs,
+            min_complete,
+            axis,
+        )
         self.margin = margin
         self._curves: dict[str, dict[int, float]] = {}  # trial id -> epoch -> val_accuracy
         self._complete: list[tuple[float, float, dict[int, float]]] = []  # (cost, final, curve)
@@ -65,9 +92,7 @@ class HypervolumeScheduler(FIFOScheduler):
         return int((trial.config or {}).get("train", {}).get("epochs", self.epochs))
 
     def _cost(self, trial, result: dict) -> float:
-        """Known before training (`known_compute`)."""
-        train = (trial.config or {}).get("train", {})
-        return known_compute(result["expected_cost"], self._epochs(trial), train.get("batch_size", 1))
+        return known_cost(self.axis, trial, result)
 
     def bound(self, epoch: int, accuracy: float) -> float:
         """The most a trial at `accuracy` after `epoch` epochs may end at, by the complete trials."""
@@ -102,12 +127,12 @@ class HypervolumeScheduler(FIFOScheduler):
         self._curves.pop(trial.trial_id, None)
 
 
-def build_scheduler(spec: SearchSpec, epochs: int) -> TrialScheduler:
-    rule = spec.early_stopping
+def build_scheduler(spec: SearchSpec, axis: CostAxis) -> TrialScheduler:
+    rule, epochs = spec.early_stopping, spec.train_config().epochs
     if rule.rule == "hypervolume":
-        return HypervolumeScheduler(epochs, rule.grace_epochs, rule.margin)
+        return HypervolumeScheduler(epochs, rule.grace_epochs, rule.margin, axis=axis)
     if rule.rule == "pareto_fair":
-        return ParetoFairScheduler(rule.grace_epochs, rule.min_dominating)
+        return ParetoFairScheduler(rule.grace_epochs, rule.min_dominating, axis=axis)
     if rule.rule == "asha":
         objective = OBJECTIVES[spec.objective]
         return ASHA(

@@ -19,8 +19,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from rst_tune.config import ConfigError
+from rst_tune.config import ConfigError, TrainConfig
 from rst_tune.search._optuna import take_up
+from rst_tune.search.cost_axis import CostAxis
 from rst_tune.search.known_cost import KnownCostSampler
 from rst_tune.search.objectives import budget_constraint, objective_for
 from rst_tune.search.record import TrialRecord
@@ -31,11 +32,12 @@ from rst_tune.train import METRICS
 MAX_DRAWS = 200  # configurations drawn per trial in search of one within the budget
 
 
-def build_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+def build_sampler(spec: SearchSpec, axis: CostAxis | None = None) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; `axis` prices a known_cost sampler's configurations (default: the spec's)."""
     seed, startup = spec.seed, spec.sampler.startup_trials
     if spec.sampler.name == "known_cost":
         given = {} if startup is None else {"startup_trials": startup}
-        return KnownCostSampler(Coordinates(spec), spec.num_samples, seed=seed, **given)
+        return KnownCostSampler(Coordinates(spec, axis), spec.num_samples, seed=seed, **given)
     given = {} if startup is None else {"n_startup_trials": startup}
     if spec.sampler.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **given)
@@ -69,15 +71,19 @@ class RSTSearch(Searcher):
         self.budget = spec.budget
         self.space, self.more = space or DefineByRun(spec), more
         self.storage = storage
+        kept = spec.name in optuna.get_all_study_names(storage)
+        attrs = optuna.load_study(study_name=spec.name, storage=storage).user_attrs if kept else {}
+        self.axis = CostAxis.of(spec, attrs=attrs)
         self.study = optuna.create_study(
             storage=storage,
-            sampler=build_sampler(spec),
+            sampler=build_sampler(spec, self.axis),
             pruner=optuna.pruners.NopPruner(),
             study_name=spec.name,
             load_if_exists=True,
             directions=["maximize" if m == "max" else "minimize" for m in self.objective.modes],
         )
         self._study_id = storage.get_study_id_from_name(spec.name)
+        self.axis.keep(self.study)
         for point in points_to_evaluate(spec) if enqueue else []:
             self.study.enqueue_trial(point)
         self._trials: dict[str, optuna.Trial] = {}  # Ray trial id -> its Optuna trial
@@ -103,13 +109,13 @@ class RSTSearch(Searcher):
             record = self.space(trial)
             for key, value in record.to_user_attrs().items():
                 trial.set_user_attr(key, value)
-            if self.budget is not None and record.expected_cost > self.budget:
+            known = self.axis.known(record.train)
+            if self.budget is not None and known > self.budget:
                 trial.set_user_attr(
                     "state_reason",
-                    f"not trained: expected cost {record.expected_cost:.3f} "
-                    f"exceeds the budget {self.budget:g}",
+                    f"not trained: expected cost {known:.3f} exceeds the budget {self.budget:g}",
                 )
-                trial.set_constraint("cost_over_budget", budget_constraint(record.expected_cost, self.budget))
+                trial.set_constraint("cost_over_budget", budget_constraint(known, self.budget))
                 self.study.tell(trial, state=TrialState.PRUNED)
                 continue
             trial.set_user_attr("ray_trial_id", trial_id)
@@ -145,14 +151,16 @@ class RSTSearch(Searcher):
         result = result or last  # a trial that raised comes without its last result
         if self._told(trial):
             return  # told before the driver was interrupted
-        state, values, reason = self._outcome(result, error, failure, self._records[trial_id].train.epochs)
+        train = self._records[trial_id].train
+        state, values, reason = self._outcome(result, error, failure, train)
         for key in METRICS:
             if result and key in result:
                 trial.set_user_attr(key, result[key])
         if reason:
             trial.set_user_attr("state_reason", reason)
         if state == TrialState.COMPLETE and self.budget is not None:
-            trial.set_constraint("cost_over_budget", budget_constraint(result["cost_ratio"], self.budget))
+            cost = self.axis.cost(result["cost_ratio"], result["epoch"], train.batch_size)
+            trial.set_constraint("cost_over_budget", budget_constraint(cost, self.budget))
         self.study.tell(trial, values, state=state)
 
     def _told(self, trial: optuna.Trial) -> bool:
@@ -161,19 +169,20 @@ class RSTSearch(Searcher):
         return self.storage.get_trial(trial_id).state.is_finished()
 
     def _outcome(
-        self, result: dict | None, error: bool, failure: str | None, epochs: int
+        self, result: dict | None, error: bool, failure: str | None, train: TrainConfig
     ) -> tuple[TrialState, list[float] | None, str | None]:
-        """The state to tell Optuna of a trial of `epochs` epochs whose last result (an epoch's metrics)
-        is `result`: complete when it ran its own epochs, which a search may have drawn."""
+        """The state to tell Optuna of a trial of `train` whose last result (an epoch's metrics) is
+        `result`: complete when it ran its own epochs, which a search may have drawn; its values with
+        the cost on the axis."""
         if error or failure:
             return TrialState.FAIL, None, failure or "the trial raised an error (see error.txt in its folder)"
         if not result:
             return TrialState.PRUNED, None, "stopped before its first epoch ended"
-        values = self.objective.values(result)
+        values = self.objective.values(self.axis.result(result, train.batch_size))
         if not all(math.isfinite(v) for v in values):
             return TrialState.FAIL, None, f"non-finite result: {dict(zip(self.objective.metrics, values))}"
-        if result["epoch"] < epochs:
-            reason = f"stopped early by the scheduler after epoch {result['epoch']} of {epochs}"
+        if result["epoch"] < train.epochs:
+            reason = f"stopped early by the scheduler after epoch {result['epoch']} of {train.epochs}"
             return TrialState.PRUNED, None, reason
         return TrialState.COMPLETE, values, None
 

@@ -19,7 +19,8 @@ import optuna
 from rst_tune.config import ConfigError, TrainConfig, load_config, method_reads
 from rst_tune.methods import METHODS
 from rst_tune.schedules import Schedule, canonical, make_schedule
-from rst_tune.search.record import TrialRecord, known_compute
+from rst_tune.search.cost_axis import CostAxis
+from rst_tune.search.record import TrialRecord
 from rst_tune.search.spec import MIN_SEEDS, Dimension, SearchSpec
 
 
@@ -148,11 +149,12 @@ class _RandomTrial:
 class Coordinates:
     """A spec's configurations as a model of the space sees them (`KnownCostSampler`'s `Space`): drawn
     at random, as coordinates in [0, 1] (family, p̄, each family's searched shape, the other searched
-    settings with their off switches), and with the cost of training them: (1 + p̄) × epochs / the
-    spec's epochs × the spec's batch size / batch size, 2 for SAM at the spec's settings."""
+    settings with their off switches), and with what training them costs on `axis` (default: the
+    spec's; `CostAxis.known`: 2 for SAM at the spec's settings)."""
 
-    def __init__(self, spec: SearchSpec):
-        self.spec, self.space, self.base = spec, DefineByRun(spec), spec.train_config()
+    def __init__(self, spec: SearchSpec, axis: CostAxis | None = None):
+        self.spec, self.space = spec, DefineByRun(spec)
+        self.axis = axis or CostAxis.of(spec)
         self._records: dict[tuple, TrialRecord] = {}  # a proposal's candidates, each asked again
 
     def __getstate__(self) -> dict[str, Any]:
@@ -207,15 +209,11 @@ class Coordinates:
         return values
 
     def cost(self, params: dict[str, Any]) -> float:
-        record = self.record(params)
-        train, base = record.train, self.base
-        return known_compute(record.expected_cost, train.epochs, train.batch_size) / known_compute(
-            1.0, base.epochs, base.batch_size
-        )
+        return self.axis.known(self.record(params).train)
 
     def admissible(self, params: dict[str, Any]) -> bool:
         budget = self.spec.budget
-        return budget is None or self.record(params).expected_cost <= budget
+        return budget is None or self.cost(params) <= budget
 
     def groups(self) -> list[str]:
         """The searched methods, where the spec balances trials over them; else none."""

@@ -176,7 +176,11 @@ class SearchSpec(RunSettings):
     cost: Literal[COSTS] = "propagations"  # type: ignore[valid-type]
     confirm: Confirm = Field(default_factory=Confirm)
     budget: float | None = Field(
-        None, ge=1.0, le=2.0, description="accuracy_under_budget: the largest cost ratio allowed"
+        None,
+        ge=1.0,
+        le=2.0,
+        description="accuracy_under_budget: the largest cost allowed, compute over SGD's at train's "
+        "epochs and batch size (rst_tune.search.cost_axis: SGD 1, SAM 2)",
     )
     sampler: Sampler = Field(default_factory=Sampler)
     num_samples: int = Field(12, ge=1)
@@ -245,12 +249,17 @@ class SearchSpec(RunSettings):
                     raise ConfigError("0 has no data-parallel form (α = 0)", key=("space", key))
         if self.objective == "accuracy_under_budget" and self.budget is None:
             raise ConfigError(
-                "accuracy_under_budget needs a budget (the largest cost ratio, between 1 and 2)", key="budget"
+                "accuracy_under_budget needs a budget (the largest cost, from 1 for SGD to 2 for SAM at "
+                "train's settings)",
+                key="budget",
             )
-        if self.budget is not None and self.budget < (cheapest := self.cheapest())[0]:
+        if self.budget is not None and self.budget < (cheapest := self.cheapest())[0] * (
+            share := self._fewest_epochs()
+        ):
+            fewer = "" if share == 1 else f" at {share:g} × train's epochs"
             raise ConfigError(
                 f"{self.budget:g} is below the cheapest expected cost in the space "
-                f"({cheapest[0]:.3g}, {cheapest[1]})",
+                f"({cheapest[0]:.3g}, {cheapest[1]}){fewer}",
                 key="budget",
             )
         if self.objective != "accuracy_under_budget" and self.budget is not None:
@@ -305,6 +314,14 @@ class SearchSpec(RunSettings):
                 cost = expected_cost(name, params, base.schedule.build(), base.epochs)
                 options.append((cost, describe(name, params, base.schedule.build())))
         return min(options)
+
+    def _fewest_epochs(self) -> float:
+        """The fewest epochs the space trains, over train's (1 unless epochs is searched; the share of
+        an epoch a searched batch size drops is not counted)."""
+        epochs = self._dimensions.get("epochs")
+        if epochs is None:
+            return 1.0
+        return min(v for v in epochs.values_to_check() if v is not None) / self.train_config().epochs
 
     def cheapest_schedule(self) -> tuple[float, Schedule]:
         """The lowest expected cost 1 + p̄ the space can reach, and its schedule. Every p̄ is

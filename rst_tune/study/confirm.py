@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 
+from rst_tune.search.cost_axis import compute
 from rst_tune.search.folder import RunFolder
 from rst_tune.search.pareto import ConfirmedPoint, ParetoReport, write_report
 from rst_tune.search.record import TrialRow, trial_rows
@@ -46,10 +47,9 @@ def candidates(report: ParetoReport, margin: float, most: int) -> list[TrialRow]
     """The trials to confirm: those within `margin` val_accuracy of the best trial that costs no more
     (the front is within 0 of it), closest first, then cheapest first, at most `most` besides the
     baselines; then the SGD and SAM baselines."""
-    done = [r for r in report.complete() if report.budget is None or r.cost_ratio <= report.budget]
-
-    def cost(row: TrialRow) -> float:
-        return getattr(row, report.cost)
+    axis = report.axis
+    done = [r for r in report.complete() if report.budget is None or axis.cost_of(r) <= report.budget]
+    cost = axis.value
 
     def deficit(row: TrialRow) -> float:
         return max(other.val_accuracy for other in done if cost(other) <= cost(row)) - row.val_accuracy
@@ -80,7 +80,7 @@ def confirmation_settings(spec: SearchSpec, rows: Sequence[TrialRow], used_seeds
         "configurations": [
             {
                 "label": _point_label(row),
-                **row.record.train.model_dump(exclude={"seed", "epochs"}),
+                **row.record.train.model_dump(exclude={"seed"}),
             }
             for row in rows
         ],
@@ -88,6 +88,7 @@ def confirmation_settings(spec: SearchSpec, rows: Sequence[TrialRow], used_seeds
         "sequential": spec.confirm.sequential,
         "confidence": spec.confirm.confidence,
         "cost": spec.cost,
+        "configuration_epochs": True,
         "seed": fresh_seed(used_seeds, spec.confirm.seeds, spec.seed),
     }
 
@@ -152,7 +153,7 @@ def confirmed_points(rows: Sequence[TrialRow], cost: str, confidence: float = 0.
         if row.state == "COMPLETE":
             seeds.setdefault(row.configuration, {})[row.record.seed_index] = row
     means = {
-        label: spread([getattr(r, cost) for r in by_seed.values()]).mean for label, by_seed in seeds.items()
+        label: spread([compute(r, cost) for r in by_seed.values()]).mean for label, by_seed in seeds.items()
     }
     baseline = {label: next(iter(by_seed.values())).baseline for label, by_seed in seeds.items()}
     sgd = next((seeds[label] for label in seeds if baseline[label] == "SGD"), None)
@@ -174,6 +175,7 @@ def confirmed_points(rows: Sequence[TrialRow], cost: str, confidence: float = 0.
             if difference is not None and difference.ci_low > 0:
                 beaten_by = int(_LABEL.match(other).group(1))
                 break
+        config = next(iter(by_seed.values())).record.train
         val = spread([r.val_accuracy for r in by_seed.values()])
         test = spread([r.test_accuracy for r in by_seed.values() if r.test_accuracy is not None])
         points.append(
@@ -188,6 +190,8 @@ def confirmed_points(rows: Sequence[TrialRow], cost: str, confidence: float = 0.
                 cost_ratio_mean=spread([r.cost_ratio for r in by_seed.values()]).mean,
                 propagations_mean=spread([r.propagations for r in by_seed.values()]).mean,
                 device_seconds_mean=spread([r.device_seconds for r in by_seed.values()]).mean,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
                 on_front=beaten_by is None,
                 beaten_by=beaten_by,
                 baseline=baseline[label],

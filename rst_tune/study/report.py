@@ -53,7 +53,7 @@ class StudyReport:
 
     name: str
     seeds: int
-    epochs: int
+    epochs: int | None  # every configuration's, or None where they differ
     measure: str  # what the comparisons compare: val_accuracy, or test_accuracy when there is no validation
     trials: list[TrialRow]
     rows: list[ConfigurationRow]
@@ -109,7 +109,7 @@ class StudyReport:
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.counts().items()))
         lines.append("")
         lines.append(
-            f"{len(self.rows)} configurations × {self.seeds} seeds, {self.epochs} epochs each ({counts}). "
+            f"{len(self.rows)} configurations × {self.seeds} seeds, {_epochs(self.epochs)} ({counts}). "
             f"Δ: difference of mean {self.measure} in percentage points; p: Welch's two-sided t-test."
         )
         if self.paired:
@@ -150,6 +150,10 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _epochs(epochs: int | None) -> str:
+    return "epochs as configured" if epochs is None else f"{epochs} epochs each"
 
 
 def _pct(value: float) -> str:
@@ -210,7 +214,9 @@ def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
         common = sorted(set(by_seed[0]) & set(by_seed[1]))
         difference = paired([by_seed[0][s] for s in common], [by_seed[1][s] for s in common], spec.confidence)
         paired_rows.append(PairedRow(a, b, len(common), difference, spec.confidence))
-    return StudyReport(spec.name, spec.seeds, spec.train_config().epochs, measure, trials, rows, paired_rows)
+    epochs = {config.epochs for config in configs}
+    common = epochs.pop() if len(epochs) == 1 else None
+    return StudyReport(spec.name, spec.seeds, common, measure, trials, rows, paired_rows)
 
 
 def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
@@ -319,7 +325,7 @@ def plot_study(report: StudyReport, path: Path) -> None:
     if by_cost.get_legend_handles_labels()[0]:
         by_cost.legend(fontsize=8, loc="lower right")
     fig.suptitle(
-        f"{report.name}: {len(report.rows)} configurations × {report.seeds} seeds, {report.epochs} epochs"
+        f"{report.name}: {len(report.rows)} configurations × {report.seeds} seeds, {_epochs(report.epochs)}"
     )
     fig.tight_layout()
     fig.savefig(path)

@@ -23,6 +23,7 @@ from itertools import combinations
 
 from scipy import stats
 
+from rst_tune.search.cost_axis import compute
 from rst_tune.search.record import TrialRow
 from rst_tune.search.spec import MIN_SEEDS
 from rst_tune.study.stats import Comparison, paired, spread
@@ -54,7 +55,7 @@ def open_pairs(
 ) -> list[tuple[str, str]]:
     """The open pairs (cheaper, dearer) by label: the cheaper one ahead of the dearer one, which is not
     beaten yet, by a difference `seeds` seeds could show (see the module)."""
-    means = {label: spread([getattr(r, cost) for r in got.values()]).mean for label, got in done.items()}
+    means = {label: spread([compute(r, cost) for r in got.values()]).mean for label, got in done.items()}
     beaten, pairs = set(), []
     ordered = [(a, b) for x, y in combinations(sorted(done), 2) for a, b in ((x, y), (y, x))]
     for cheap, dear in ordered:  # both ways when they cost the same
@@ -94,7 +95,7 @@ def next_seed(
 
     def pick(among: Sequence[str]) -> tuple[int, int]:
         def order(name: str) -> tuple[int, float, int]:
-            spent = [getattr(r, cost) for r in done[name].values()]
+            spent = [compute(r, cost) for r in done[name].values()]
             return len(assigned[name]), spread(spent).mean if spent else math.inf, labels.index(name)
 
         label = min(among, key=order)

@@ -42,6 +42,11 @@ class StudySpec(RunSettings):
         description="pairs of configuration labels [a, b]: the report gives a − b seed by seed (paired "
         "interval at `confidence`)",
     )
+    configuration_epochs: bool = Field(
+        False,
+        description="let each configuration set its own epochs (a search's confirmation, where the "
+        "search drew them); else every configuration trains train.epochs",
+    )
     cost: Literal[COSTS] = Field("propagations", description="the cost axis `sequential` orders by")  # type: ignore[valid-type]
 
     @model_validator(mode="after")
@@ -75,7 +80,7 @@ class StudySpec(RunSettings):
         """The training config of configuration `index` at its `seed_index`-th seed."""
         overrides = {k: v for k, v in self.configurations[index].items() if k != "label"}
         for key, why in STUDY_WIDE.items():
-            if key in overrides:
+            if key in overrides and not (key == "epochs" and self.configuration_epochs):
                 raise ConfigError(why, key=("configurations", str(index), key))
         try:
             return load_config({**self.train, **overrides, "seed": self.seed + seed_index})
@@ -112,7 +117,8 @@ class StudySpec(RunSettings):
         for index in range(len(self.configurations)):
             config = self.train_config_of(index)
             estimate = " (an estimate)" if METHODS[config.method.name].estimated else ""
-            lines.append(f"  {self.label(index)}: expected cost {config.expected_cost():.3f}{estimate}")
+            own = f", {config.epochs} epochs" if config.epochs != self.train_config().epochs else ""
+            lines.append(f"  {self.label(index)}: expected cost {config.expected_cost():.3f}{estimate}{own}")
         return "\n".join(lines)
 
     def search_spec(self) -> SearchSpec:
