@@ -4,18 +4,19 @@ SQLite study, and a search on a real local Ray."""
 
 import itertools
 import json
+import sqlite3
 
 import optuna
 import pytest
 from ray.tune.experiment import Trial
 
-from rst_tune.config import load_config
+from rst_tune.config import ConfigError, load_config
 from rst_tune.search import hypervolume, parse_spec, run_search
-from rst_tune.search.cost_axis import TRAIN_SIZE, CostAxis, compute
+from rst_tune.search.cost_axis import KEPT, CostAxis, compute
 from rst_tune.search.pareto import pareto_front
 from rst_tune.search.record import TrialRecord, TrialRow, trial_rows
 from rst_tune.search.runner import read_search_report
-from rst_tune.search.schedulers import known_cost
+from rst_tune.search.schedulers import build_scheduler, known_cost
 from rst_tune.search.searcher import RSTSearch
 from rst_tune.search.space import Coordinates
 from rst_tune.study.confirm import confirmation_settings
@@ -66,19 +67,8 @@ def test_the_axis_in_closed_form():
     sgd, sam = (rows[grid.index((p, base_epochs, base_batch))] for p in (0.0, 1.0))
     assert (axis.cost_of(sgd), axis.cost_of(sam)) == (1.0, 2.0)
     assert axis.value(sam) == sam.propagations  # at the spec's batch size, a trial's own propagations
-    # the hypervolume is the same read in either unit
-    front = [rows[i] for i in pareto_front([(r.val_accuracy, axis.value(r)) for r in rows])]
-    reference = axis.reference(rows)
     most = max((n // b) * b for b in (64, 100, 128))  # examples an epoch trains on, at most
-    assert reference == pytest.approx(2 * 8 * most / base_batch, rel=1e-12)  # SAM, dearest trial
-    scale = base_epochs * (n // base_batch)
-    assert hypervolume([(r.val_accuracy, axis.value(r)) for r in front], (0.0, reference)) / reference == (
-        pytest.approx(
-            hypervolume([(r.val_accuracy, axis.cost_of(r)) for r in front], (0.0, reference / scale))
-            / (reference / scale),
-            rel=1e-12,
-        )
-    )
+    assert axis.reference(rows) == pytest.approx(2 * 8 * most / base_batch, rel=1e-12)  # SAM, dearest trial
     with pytest.raises(ValueError, match="batch size 64 differs from 100: the axis needs train_size"):
         CostAxis("propagations", base_epochs, base_batch).share(64)
 
@@ -107,7 +97,8 @@ def test_the_budget_bounds_a_trials_whole_cost(tmp_path):
     )
     searcher = RSTSearch(spec, optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study.db"))
     n = load_data(spec.train_config()).size("train")
-    assert searcher.study.user_attrs[TRAIN_SIZE] == n == searcher.axis.train_size
+    assert searcher.study.user_attrs[KEPT] == {"epochs": 2, "batch_size": 128, "train_size": n}
+    assert searcher.axis.train_size == n
     handed = [load_config(searcher.suggest(str(i))["train"]) for i in range(12)]
     costs = [searcher.axis.known(train) for train in handed]
     assert max(costs) <= 1.5
@@ -125,6 +116,43 @@ def test_the_budget_bounds_a_trials_whole_cost(tmp_path):
     for trial in searcher.study.get_trials():
         assert coordinates.cost(trial.params) == searcher.axis.known(load_config(trial.user_attrs["train"]))
         assert coordinates.admissible(trial.params) == (trial.state != optuna.trial.TrialState.PRUNED)
+    # the realised cost is the constraint: SAM for one epoch at batch 64 is within the budget
+    first = next(i for i, train in enumerate(handed) if train.schedule.params["p"] == 1.0)
+    train = handed[first]
+    steps = train.epochs * (n // train.batch_size)
+    searcher.on_trial_complete(
+        str(first),
+        {
+            "epoch": train.epochs,
+            "val_accuracy": 0.5,
+            "propagations": 2.0 * steps,
+            "cost_ratio": 2.0,
+            "acc_per_prop": 0.25,
+            "train_loss": 0.1,
+            "val_loss": 0.2,
+        },
+    )
+    told = next(t for t in searcher.study.get_trials() if t.user_attrs.get("ray_trial_id") == str(first))
+    assert told.system_attrs["constraints:cost_over_budget"] == pytest.approx(
+        2.0 * train.epochs / 2 * searcher.axis.share(train.batch_size) - 1.5, rel=1e-12
+    )
+    assert told.system_attrs["constraints:cost_over_budget"] <= 0
+
+
+def test_the_search_wires_one_axis_and_refuses_what_it_cannot_price(tmp_path):
+    values = {
+        "name": "wired",
+        "train": {"epochs": 2, "batch_size": 128, "device": "cpu"},
+        "space": SPACE,
+        "sampler": {"name": "known_cost"},
+        "early_stopping": {"rule": "pareto_fair"},
+    }
+    spec = parse_spec(values)
+    searcher = RSTSearch(spec, optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study.db"))
+    assert searcher.study.sampler.space.axis is searcher.axis
+    assert build_scheduler(spec, searcher.axis).axis is searcher.axis
+    with pytest.raises(ConfigError, match=r"space\.val_size: every trial of a search trains .* same data"):
+        parse_spec({**values, "space": {**SPACE, "val_size": {"low": 100, "high": 200, "type": "int"}}})
 
 
 def test_front_plot_scheduler_sampler_and_hypervolume_agree_with_epochs_and_batch_size_searched(
@@ -139,17 +167,25 @@ def test_front_plot_scheduler_sampler_and_hypervolume_agree_with_epochs_and_batc
         "sampler": {"name": "known_cost", "startup_trials": 2},
         "early_stopping": {"rule": "none"},
         "seed": 5,
+        "points_to_evaluate": [  # besides SGD and SAM at train's settings: each other epochs and batch size
+            {"schedule": {"name": "constant", "params": {"p": 1.0}}, "epochs": 1, "batch_size": 64},
+            {"schedule": {"name": "constant", "params": {"p": 0.0}}, "epochs": 2, "batch_size": 64},
+        ],
     }
     spec = parse_spec(values)
     report = run_search(values, spec, tmp_path / "axis", out=lambda line: None)
     saved = json.loads((tmp_path / "axis" / "pareto.json").read_text())
     study = optuna.load_study(study_name="axis", storage=f"sqlite:///{tmp_path}/axis/optuna.db")
     n = load_data(spec.train_config()).size("train")
-    assert study.user_attrs[TRAIN_SIZE] == n
     axis = CostAxis("propagations", 2, 128, n)
+    assert study.user_attrs[KEPT] == saved["axis"] == axis.to_json()
     rows = {row.number: row for row in trial_rows(study) if row.state == "COMPLETE"}
     assert len(rows) == 6
-    assert len({(r.record.train.epochs, r.record.train.batch_size) for r in rows.values()}) > 1
+    assert {(r.record.train.epochs, r.record.train.batch_size) for r in rows.values()} >= {
+        (2, 128),
+        (1, 64),
+        (2, 64),
+    }
     coordinates = Coordinates(spec, axis)
     for entry in saved["trials"]:
         row = rows[entry["number"]]
@@ -188,10 +224,16 @@ def test_front_plot_scheduler_sampler_and_hypervolume_agree_with_epochs_and_batc
     )
     assert read_search_report(tmp_path / "axis").to_json() == report.to_json() == saved
     # the confirmation trains each point at its own epochs and batch size
-    study_spec = parse_study(confirmation_settings(spec, report.front, set()))
-    for index, row in enumerate(report.front):
+    points = list(rows.values())
+    study_spec = parse_study(confirmation_settings(spec, points, set()))
+    for index, row in enumerate(points):
         confirmed = study_spec.train_config_of(index)
         assert (confirmed.epochs, confirmed.batch_size) == (
             row.record.train.epochs,
             row.record.train.batch_size,
         )
+    # a run begun before the axis was kept is not resumed in another unit
+    with sqlite3.connect(tmp_path / "axis" / "optuna.db") as db:
+        db.execute("DELETE FROM study_user_attributes WHERE key = ?", (KEPT,))
+    with pytest.raises(ConfigError, match="begun by an older rst-tune, before its cost axis; start it again"):
+        run_search(values, spec, tmp_path / "axis", resume=True, out=lambda line: None)

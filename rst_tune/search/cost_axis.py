@@ -10,7 +10,9 @@ The axis reads it in two units, one constant factor apart within a search:
   SAM for twice the epochs 4. The plot, the budget, the schedulers and the sampler's price. Known
   before training from the method's expected cost per step, realised from the counters.
 With batch_size searched, the factor between two batch sizes needs the training part's size: the
-search reads it from the data once and keeps it among its Optuna study's user attributes.
+search reads it from the data once. Every search keeps its axis among its Optuna study's user
+attributes (`cost_axis`), and pareto.json repeats it. The axis takes every trial to train on the same
+training part: a search may not draw val_size.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from rst_tune.search.record import TrialRow
 if TYPE_CHECKING:
     from rst_tune.search.spec import SearchSpec
 
-TRAIN_SIZE = "train_size"  # the Optuna study's user attribute that keeps it
+KEPT = "cost_axis"  # the Optuna study's user attribute that keeps it
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,10 @@ class CostAxis:
     @classmethod
     def of(cls, spec: SearchSpec, name: str | None = None, attrs: Mapping[str, Any] = {}) -> CostAxis:
         """The axis of `spec` against `name` (default: the spec's cost); the training part's size from
-        `attrs` (a study's user attributes), else from the data when batch_size is searched."""
+        `attrs` (a study's user attributes, where `keep` put it), else from the data when batch_size
+        is searched."""
         base = spec.train_config()
-        size = attrs.get(TRAIN_SIZE)
+        size = attrs.get(KEPT, {}).get("train_size")
         if size is None and "batch_size" in spec.dimensions:
             from rst_tune.train import load_data
 
@@ -56,9 +59,12 @@ class CostAxis:
         return cls(name or spec.cost, base.epochs, base.batch_size, size)
 
     def keep(self, study) -> None:
-        """Keep the training part's size among `study`'s user attributes, for its reports."""
-        if self.train_size is not None and TRAIN_SIZE not in study.user_attrs:
-            study.set_user_attr(TRAIN_SIZE, self.train_size)
+        """Keep the axis among `study`'s user attributes (the cost is the reader's to choose)."""
+        if KEPT not in study.user_attrs:
+            study.set_user_attr(KEPT, self.to_json())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "train_size": self.train_size}
 
     def share(self, batch_size: int) -> float:
         """The examples an epoch at `batch_size` trains on over those at the spec's."""
@@ -113,6 +119,7 @@ class CostAxis:
         )
 
     def label(self) -> str:
+        """The plot's axis label."""
         if self.name == "propagations":
             return "cost (compute ÷ SGD's at the spec's epochs and batch size; SGD 1, SAM 2)"
         return "device seconds (training wall time × devices)"

@@ -148,6 +148,7 @@ class ParetoReport:
             "budget": self.budget,
             "counts": self.counts(),
             "cost": self.cost,
+            "axis": self.axis.to_json(),
             "reference_point": {"val_accuracy": 0.0, self.cost: self.reference_cost},
             "hypervolume": self.hypervolume,
             "front": [self.row_json(r) for r in self.front],
@@ -216,8 +217,15 @@ class ParetoReport:
             )
         kept = sum(point.on_front for point in self.confirmed)
         trainings = sum(point.seeds for point in self.confirmed)
-        spent = sum(point.seeds * point.propagations_mean for point in self.confirmed)
-        searched = sum(row.propagations for row in self.trials if row.propagations is not None)
+        spent = sum(
+            point.seeds * self.axis.propagations(point.propagations_mean, point.batch_size)
+            for point in self.confirmed
+        )
+        searched = sum(
+            self.axis.propagations(r.propagations, r.record.train.batch_size)
+            for r in self.trials
+            if r.metrics
+        )
         lines.append(
             f"{len(self.confirmed)} points confirmed with {seeds} seeds each; {kept} on the confirmed front. "
             f"Compute: {trainings} confirmation trainings, {spent:,.0f} propagations; the search "

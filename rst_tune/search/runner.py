@@ -15,7 +15,7 @@ from ray import tune
 
 from rst_tune.config import ConfigError
 from rst_tune.search.cluster import check_shared, code_runtime_env, connect, spans_machines
-from rst_tune.search.cost_axis import CostAxis
+from rst_tune.search.cost_axis import KEPT, CostAxis
 from rst_tune.search.folder import EXPERIMENT, RunFolder
 from rst_tune.search.objectives import COSTS
 from rst_tune.search.parallel import ReleaseWorkers, train_parallel_trial, trial_checkpoint
@@ -156,9 +156,12 @@ def run_trials(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = folder.study_storage()
     if resume and optuna.get_all_study_names(storage):
-        trial_rows(
-            optuna.load_study(study_name=spec.name, storage=storage)
-        )  # a run of an older rst-tune stops here
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+        trial_rows(study)  # a run of an older rst-tune stops here
+        if study.trials and KEPT not in study.user_attrs:
+            raise ConfigError(
+                f"{folder.path} was begun by an older rst-tune, before its cost axis; start it again"
+            )
     searcher, remaining = None, spec.num_samples
     if not restorable:  # a new run, or one interrupted before Ray saved its first experiment state
         fresh = not resume or not optuna.get_all_study_names(storage)

@@ -33,12 +33,11 @@ from rst_tune.search.spec import SearchSpec
 
 def known_cost(axis: CostAxis | None, trial, result: dict) -> float:
     """What training `trial` costs on `axis`: its expected cost per step (`result`) over its epochs at
-    its batch size (the spec's, unless its config draws them)."""
+    its batch size (its config's)."""
     if axis is None:
         return result["expected_cost"]
-    train = (trial.config or {}).get("train", {})
-    epochs, batch_size = train.get("epochs", axis.epochs), train.get("batch_size", axis.batch_size)
-    return axis.cost(result["expected_cost"], epochs, batch_size)
+    train = trial.config["train"]
+    return axis.cost(result["expected_cost"], train["epochs"], train["batch_size"])
 
 
 class ASHA(ASHAScheduler):
@@ -78,13 +77,8 @@ class HypervolumeScheduler(FIFOScheduler):
         axis: CostAxis | None = None,
     ):
         super().__init__()
-        self.epochs, self.grace_epochs, self.min_complete, self.axis = (
-            epochs,
-            grace_epochs,
-            min_complete,
-            axis,
-        )
-        self.margin = margin
+        self.epochs, self.grace_epochs, self.min_complete = epochs, grace_epochs, min_complete
+        self.margin, self.axis = margin, axis
         self._curves: dict[str, dict[int, float]] = {}  # trial id -> epoch -> val_accuracy
         self._complete: list[tuple[float, float, dict[int, float]]] = []  # (cost, final, curve)
 

@@ -72,7 +72,7 @@ class RSTSearch(Searcher):
         self.space, self.more = space or DefineByRun(spec), more
         self.storage = storage
         kept = spec.name in optuna.get_all_study_names(storage)
-        attrs = optuna.load_study(study_name=spec.name, storage=storage).user_attrs if kept else {}
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(spec.name)) if kept else {}
         self.axis = CostAxis.of(spec, attrs=attrs)
         self.study = optuna.create_study(
             storage=storage,

@@ -237,6 +237,12 @@ class SearchSpec(RunSettings):
                     raise ConfigError(
                         "a search needs validation data to select on: 0 leaves none", key=("space", key)
                     )
+                if key == "val_size":
+                    raise ConfigError(
+                        "every trial of a search trains and is selected on the same data (the front "
+                        "compares them on one cost axis): set it in train",
+                        key=("space", key),
+                    )
                 for value in self._dimensions[key].values_to_check():
                     _check_setting(base, key, value)
                 workers = self.resources.workers
@@ -253,13 +259,10 @@ class SearchSpec(RunSettings):
                 "train's settings)",
                 key="budget",
             )
-        if self.budget is not None and self.budget < (cheapest := self.cheapest())[0] * (
-            share := self._fewest_epochs()
-        ):
-            fewer = "" if share == 1 else f" at {share:g} × train's epochs"
+        if self.budget is not None and self.budget < (cheapest := self.cheapest_cost())[0]:
             raise ConfigError(
                 f"{self.budget:g} is below the cheapest expected cost in the space "
-                f"({cheapest[0]:.3g}, {cheapest[1]}){fewer}",
+                f"({cheapest[0]:.3g}, {cheapest[1]})",
                 key="budget",
             )
         if self.objective != "accuracy_under_budget" and self.budget is not None:
@@ -315,13 +318,16 @@ class SearchSpec(RunSettings):
                 options.append((cost, describe(name, params, base.schedule.build())))
         return min(options)
 
-    def _fewest_epochs(self) -> float:
-        """The fewest epochs the space trains, over train's (1 unless epochs is searched; the share of
-        an epoch a searched batch size drops is not counted)."""
+    def cheapest_cost(self) -> tuple[float, str]:
+        """The lowest cost the space can reach (`cheapest` over the fewest epochs it draws, as
+        `CostAxis.cost` counts them; a searched batch size's share, within one batch of 1, needs the
+        data and is left to the searcher), and what reaches it."""
+        cost, what = self.cheapest()
         epochs = self._dimensions.get("epochs")
         if epochs is None:
-            return 1.0
-        return min(v for v in epochs.values_to_check() if v is not None) / self.train_config().epochs
+            return cost, what
+        fewest = min(v for v in epochs.values_to_check() if v is not None)
+        return cost * fewest / self.train_config().epochs, f"{what} for {fewest} epochs"
 
     def cheapest_schedule(self) -> tuple[float, Schedule]:
         """The lowest expected cost 1 + p̄ the space can reach, and its schedule. Every p̄ is

@@ -15,7 +15,7 @@ import optuna
 from rst_tune.search.pareto import state_counts
 from rst_tune.search.record import TrialRow, trial_rows
 from rst_tune.search.space import baseline_name
-from rst_tune.study.spec import StudySpec
+from rst_tune.study.spec import StudySpec, epochs_words
 from rst_tune.study.stats import Comparison, Spread, paired, spread, welch
 
 REFERENCES = ("SGD", "SAM")
@@ -109,7 +109,7 @@ class StudyReport:
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.counts().items()))
         lines.append("")
         lines.append(
-            f"{len(self.rows)} configurations × {self.seeds} seeds, {_epochs(self.epochs)} ({counts}). "
+            f"{len(self.rows)} configurations × {self.seeds} seeds, {epochs_words(self.epochs)} ({counts}). "
             f"Δ: difference of mean {self.measure} in percentage points; p: Welch's two-sided t-test."
         )
         if self.paired:
@@ -150,10 +150,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
-
-
-def _epochs(epochs: int | None) -> str:
-    return "epochs as configured" if epochs is None else f"{epochs} epochs each"
 
 
 def _pct(value: float) -> str:
@@ -214,9 +210,7 @@ def build_study_report(study: optuna.Study, spec: StudySpec) -> StudyReport:
         common = sorted(set(by_seed[0]) & set(by_seed[1]))
         difference = paired([by_seed[0][s] for s in common], [by_seed[1][s] for s in common], spec.confidence)
         paired_rows.append(PairedRow(a, b, len(common), difference, spec.confidence))
-    epochs = {config.epochs for config in configs}
-    common = epochs.pop() if len(epochs) == 1 else None
-    return StudyReport(spec.name, spec.seeds, common, measure, trials, rows, paired_rows)
+    return StudyReport(spec.name, spec.seeds, spec.shared_epochs(), measure, trials, rows, paired_rows)
 
 
 def write_study_report(report: StudyReport, folder: str | Path) -> list[Path]:
@@ -325,7 +319,8 @@ def plot_study(report: StudyReport, path: Path) -> None:
     if by_cost.get_legend_handles_labels()[0]:
         by_cost.legend(fontsize=8, loc="lower right")
     fig.suptitle(
-        f"{report.name}: {len(report.rows)} configurations × {report.seeds} seeds, {_epochs(report.epochs)}"
+        f"{report.name}: {len(report.rows)} configurations × {report.seeds} seeds, "
+        f"{epochs_words(report.epochs)}"
     )
     fig.tight_layout()
     fig.savefig(path)

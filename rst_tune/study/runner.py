@@ -16,7 +16,7 @@ from rst_tune.search.runner import RunCallback, RunPlan, run_trials
 from rst_tune.search.space import baseline_name
 from rst_tune.study.report import StudyReport, build_study_report, write_study_report
 from rst_tune.study.sequential import DONE, WAIT, next_seed
-from rst_tune.study.spec import StudySpec, parse_study
+from rst_tune.study.spec import StudySpec, epochs_words, parse_study
 
 
 class StudyPlan:
@@ -92,7 +92,7 @@ def run_study(
     are the study's raw settings, saved so that the run can be resumed."""
     header = (
         f"{spec.name} in {run_dir}: {len(spec.configurations)} configurations × {spec.seeds} seeds = "
-        f"{spec.num_samples} trials of {spec.train_config().epochs} epochs, {spec.max_concurrent} at a time"
+        f"{spec.num_samples} trials of {epochs_words(spec.shared_epochs())}, {spec.max_concurrent} at a time"
     )
     study_plan = StudyPlan(spec)
     plan = RunPlan(spec.search_spec(), study_plan, header, study_report)

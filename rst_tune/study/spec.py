@@ -99,6 +99,11 @@ class StudySpec(RunSettings):
         config = self.train_config_of(index)
         return baseline_name(config) or describe(config)
 
+    def shared_epochs(self) -> int | None:
+        """The epochs every configuration trains, or None where they differ (`configuration_epochs`)."""
+        epochs = {self.train_config_of(index).epochs for index in range(len(self.configurations))}
+        return epochs.pop() if len(epochs) == 1 else None
+
     @property
     def num_samples(self) -> int:
         """Its trials: every configuration at every seed (at most that, when `sequential`)."""
@@ -112,7 +117,7 @@ class StudySpec(RunSettings):
         most = "at most " if self.sequential else ""
         lines = [
             f"{len(self.configurations)} configurations × {most}{self.seeds} seeds = "
-            f"{most}{self.num_samples} trials of {self.train_config().epochs} epochs:"
+            f"{most}{self.num_samples} trials of {epochs_words(self.shared_epochs())}:"
         ]
         for index in range(len(self.configurations)):
             config = self.train_config_of(index)
@@ -134,6 +139,11 @@ class StudySpec(RunSettings):
             baselines=False,
             confirm={"seeds": 0},
         )
+
+
+def epochs_words(epochs: int | None) -> str:
+    """ "30 epochs", or where configurations differ (None) "epochs as configured"."""
+    return "epochs as configured" if epochs is None else f"{epochs} epochs"
 
 
 def parse_study(values: Any, source: str = "study", lines: Lines | None = None) -> StudySpec:

@@ -58,7 +58,6 @@ class RunTracker(RunCallback):
     ):
         self._args = (folder, settings, tracking_uri, experiment)
         self.folder, self.settings, self.experiment, self.out = folder, settings, experiment, out
-        self.epochs = settings.train_config().epochs
         self.mlflow = GuardedClient(tracking_uri, out)
         self.record: TrackingRecord | None = None
         self._study: optuna.Study | None = None
@@ -179,7 +178,7 @@ class RunTracker(RunCallback):
                     ("schedule.png", plot_schedule),
                     ("learning_curves.png", plot_learning_curves),
                 ):
-                    draw(record, history, Path(folder) / name, self.epochs)
+                    draw(record, history, Path(folder) / name, record.train.epochs)
                     self.mlflow.call("trial artifacts", "log_artifact", run_id, str(Path(folder) / name))
         trials = self.study.get_trials(deepcopy=False)
         if record.optuna_trial < len(trials):
