@@ -5,7 +5,7 @@ a line of JSON in the results file. Run it again and it adds only what the file 
     python benchmarks/rst_bench_replay.py tabular --searchers gp --seeds 20 --stopping none
     python benchmarks/rst_bench_replay.py tabular --search known_cost --searchers rst_tune
 
-`--search` names the search replayed (rst_bench.problems.VARIANTS; default: search_spaces/default.yaml):
+`--search` names the search replayed (rst_bench.problems.VARIANTS; default: the shipped `default`):
 its space, sampler and confirmation, with the problem's training. Each result names it.
 
 The rules of a replay are in benchmarks/rst_bench/replay.py; the report is rst_bench_report.py.

@@ -7,7 +7,7 @@ For each setting the same search space runs end to end. Reported:
 - per-trial start cost: (wall × concurrency − training) / trials: actor start, imports, data, gaps.
 
     python benchmarks/search_overhead.py                       # the default space
-    python benchmarks/search_overhead.py --space search_spaces/default.yaml --json out.json
+    python benchmarks/search_overhead.py --space default --json out.json
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def measure(values: dict, reuse: bool, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--space", default=str(Path(__file__).parent.parent / "search_spaces" / "default.yaml")
+        "--space", default=str(Path(__file__).parent.parent / "rst_tune" / "search_spaces" / "default.yaml")
     )
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()

@@ -130,7 +130,7 @@ def measure(values: dict, which: str, store: str, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--space", default=str(Path(__file__).parent.parent / "search_spaces" / "default.yaml")
+        "--space", default=str(Path(__file__).parent.parent / "rst_tune" / "search_spaces" / "default.yaml")
     )
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--json", metavar="FILE")

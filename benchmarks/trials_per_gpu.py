@@ -6,7 +6,7 @@ waits until all are ready, then times `--epochs` epochs. The throughput is the s
 of training items per second (each process's median epoch); its ratio to one process says what
 packing buys, and the slowdown of each process's epoch what it costs a trial (`resources.gpu: 0.5`
 or `0.25` in a search file packs 2 or 4). Two problems: the default search's (MNIST-1D with its
-`train:` settings from search_spaces/default.yaml, RST at p = 0.5) and ResNet-18 on CIFAR-shaped
+`train:` settings from rst_tune/search_spaces/default.yaml, RST at p = 0.5) and ResNet-18 on CIFAR-shaped
 images (batch 512, bf16, channels_last on CUDA).
 
     python benchmarks/trials_per_gpu.py --json out.json        # CUDA when present
@@ -28,7 +28,7 @@ import torch
 import yaml
 from _machine import engine_setup, pythonpath
 
-SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES = Path(__file__).resolve().parent.parent / "rst_tune" / "search_spaces"
 
 
 def problems(device: str, quick: bool = False) -> dict[str, dict]:

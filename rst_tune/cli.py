@@ -166,18 +166,6 @@ def _train_on_workers(config: TrainConfig, workers: int, args: argparse.Namespac
     return 0
 
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-
-
-def find_space(name: str, flag: str) -> Path:
-    """A search-space or study file by path, or by name in ./search_spaces or the project's search_spaces/."""
-    for candidate in (Path(name), Path("search_spaces") / f"{name}.yaml", SPACES_DIR / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
-    raise ConfigError(f"{flag} {name}: no such file (shipped: {shipped or 'none found'})")
-
-
 # flags that set the setting of the same name
 _SETTINGS = ("name", "max_concurrent", "storage", "num_samples", "seeds")
 
@@ -197,40 +185,37 @@ def _given(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """`rst-tune search` and `rst-tune study`."""
-    from rst_tune import runs
+    """`rst-tune search` and `rst-tune study`: a thin layer on `rst_tune.api`."""
+    from rst_tune import api
 
-    if args.resume:
-        values, spec, folder = runs.resume(args.command, args.resume, _given(args))
-    else:
-        name = args.space or "default" if args.command == "search" else args.file
+    kind = args.command
+    if args.resume and _given(args):
+        raise ConfigError(f"--resume continues a {kind} as it was started; drop {', '.join(_given(args))}")
+    if not args.resume:
+        name = args.space or "default" if kind == "search" else args.file
         if name is None:
             raise ConfigError("give a study file (e.g. study_label_noise), or --resume RUN")
-        values, spec = runs.load(
-            args.command,
-            find_space(name, "--space" if args.command == "search" else "FILE"),
-            _overrides(args),
-        )
-        runs.preflight(spec)
+        settings = api.load(kind, name, _overrides(args), flag="--space" if kind == "search" else "FILE")
         if args.check:
-            print(f"{name}: valid; {runs.summary(spec)}")
+            print(f"{name}: valid; {api.check(settings)}")
             return 0
-        folder = runs.new_folder(args.results_dir, spec, exact=args.name is not None)
-    report = runs.run(
-        values,
-        spec,
-        folder,
+    report = api.run(
+        kind,
+        None if args.resume else settings,
+        results_dir=args.results_dir,
+        exact_name=args.name is not None,
+        resume=args.resume,
         address=args.address,
-        resume=bool(args.resume),
         tracking_uri=args.tracking_uri,
         experiment=args.experiment,
     )
+    folder = report.run_dir
     print()
     print(report.table())
-    print(f"\nfiles: {folder.path}/{', '.join(report.files)}")
+    print(f"\nfiles: {folder}/{', '.join(report.files)}")
     print(
-        f"browse the trials: rst-tune ui {folder.path}"
-        + ("  (add --optuna for optuna-dashboard on the study)" if args.command == "search" else "")
+        f"browse the trials: rst-tune ui {folder}"
+        + ("  (add --optuna for optuna-dashboard on the study)" if kind == "search" else "")
     )
     return 0
 

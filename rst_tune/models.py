@@ -17,6 +17,7 @@ from rst_tune.imports import is_import_path, one_line, resolve
 MODELS = ("digits_cnn", "mnist1d_cnn", "resnet18", "wrn", "pyramidnet", "vit")
 """The built-in models; "torchvision:NAME" and "package.module:function" name the others."""
 TORCHVISION = "torchvision:"
+TIMM = "timm:"
 
 
 def _init_weights(model: nn.Module) -> nn.Module:
@@ -228,11 +229,15 @@ def check_model_name(name: str) -> str:
     if name.startswith(TORCHVISION):
         _torchvision_model(name.removeprefix(TORCHVISION))
         return name
+    if name.startswith(TIMM):
+        _timm_model(name.removeprefix(TIMM))
+        return name
     if is_import_path(name):
         resolve(name)
         return name
     raise ValueError(
-        f"unknown model {name!r}; valid: {', '.join(MODELS)}, torchvision:NAME or package.module:function"
+        f"unknown model {name!r}; valid: {', '.join(MODELS)}, torchvision:NAME, timm:NAME or "
+        "package.module:function"
     )
 
 
@@ -246,13 +251,17 @@ def build_model(
     wrn `depth`, `width`, `dropout`; pyramidnet `depth`, `alpha`; vit `patch_size`, `num_layers`,
     `num_heads`, `hidden_dim`, `mlp_dim`, `dropout`; resnet18 none. "torchvision:NAME" passes them to
     `torchvision.models.get_model`, with `weights` (a weights name) loaded only from torch's hub cache
-    on disk. "package.module:function" is called as `function(num_classes=..., input_shape=...,
-    **params)` and must return an `nn.Module`.
+    on disk. "timm:NAME" passes them to `timm.create_model` (e.g. `img_size` for a vision transformer
+    on small images), with the input channels from the data; pretrained weights come only from a local
+    file (`pretrained_cfg_overlay: {file: PATH}`). "package.module:function" is called as
+    `function(num_classes=..., input_shape=..., **params)` and must return an `nn.Module`.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     if name.startswith(TORCHVISION):
         return _torchvision(name.removeprefix(TORCHVISION), num_classes, input_shape, params)
+    if name.startswith(TIMM):
+        return _timm(name.removeprefix(TIMM), num_classes, input_shape, params)
     if is_import_path(name):
         return _user_model(name, num_classes, input_shape, params)
     check_model_name(name)
@@ -296,6 +305,35 @@ def _torchvision(
         return torchvision.models.get_model(name, num_classes=num_classes, weights=weights, **params)
     except (TypeError, ValueError) as err:
         raise ValueError(f"torchvision:{name}: {one_line(err)}") from None
+
+
+def _timm_model(name: str):
+    """timm, where it has model `name`; else ValueError saying how to install timm or what it has."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"timm:{name} needs timm: pip install 'rst-tune[timm]'") from None
+    if not timm.is_model(name):
+        raise ValueError(
+            f"timm has no model {name!r}; e.g. {', '.join(timm.list_models()[:4])}, ... "
+            "(timm.list_models('*pattern*') lists them)"
+        )
+    return timm
+
+
+def _timm(name: str, num_classes: int, input_shape: tuple[int, ...], params: dict[str, Any]) -> nn.Module:
+    timm = _timm_model(name)
+    if len(input_shape) != 3:
+        raise ValueError(f"timm:{name} takes C×H×W images, not inputs of shape {input_shape}")
+    if params.get("pretrained") and "file" not in (params.get("pretrained_cfg_overlay") or {}):
+        raise ValueError(
+            f"timm:{name} would download its weights; nothing is downloaded during a run: give "
+            "pretrained_cfg_overlay: {file: PATH} with the weights on disk"
+        )
+    try:
+        return timm.create_model(name, num_classes=num_classes, in_chans=input_shape[0], **params)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"timm:{name}: {one_line(err)}") from None
 
 
 def _named_weights(model: str, weights: str):

@@ -13,6 +13,7 @@ def rst_tune(*args, cwd=None):
     )
 
 
+@pytest.mark.slow
 def test_train_prints_a_table_and_resumes_from_its_checkpoint(tmp_path):
     ckpt = tmp_path / "run.pt"
     first = rst_tune(
@@ -61,9 +62,10 @@ def test_train_prints_a_table_and_resumes_from_its_checkpoint(tmp_path):
         (["epochs"], "'epochs': expected key=value"),
         (["--config", "/nonexistent.yaml"], "/nonexistent.yaml: No such file or directory"),
         (["dataset=cifar10", "model=resnet18", "data_dir=/nonexistent"], "cifar10 not found"),
-        (
+        pytest.param(
             ["dataset=mnist1d", "model=mnist1d_cnn", "channels_last=true"],
             "channels_last: is a layout of images",
+            marks=pytest.mark.slow,  # generates MNIST-1D: the data tests hold that
         ),
     ],
 )
@@ -83,6 +85,7 @@ def test_config_file_and_overrides_merge(tmp_path):
     assert row[0] == "1" and row[5] == "2.000"  # p = 1 from the command line won over the file's 0
 
 
+@pytest.mark.slow
 def test_search_with_a_bad_space_exits_2_with_one_line_and_starts_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(

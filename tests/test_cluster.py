@@ -94,6 +94,7 @@ class RayNode:
             pass
 
 
+@pytest.mark.slow
 def test_search_on_a_two_node_cluster_uses_both_nodes_and_shared_storage(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)

@@ -28,6 +28,7 @@ SPACE = {
 }
 
 
+@pytest.mark.slow
 def test_the_test_part_cannot_steer_a_search(local_ray, tmp_path):
     """The same search, one trial at a time, on data whose test labels are permuted between the runs:
     the same Optuna values and trial configurations, while the recorded test accuracies differ."""
@@ -122,6 +123,7 @@ def _ray_results(folder) -> list[dict]:
     return [trial.last_result for trial in ExperimentAnalysis(str((folder / "trials").resolve())).trials]
 
 
+@pytest.mark.slow
 def test_sequential_confirmation_trains_each_point_and_seed_once_and_resumes_after_sigkill(tmp_path):
     """Confirmation (sequential, the default) killed mid-way and resumed: every named point has two or
     three fresh seeds, the first ones, no (point, seed) trained twice, and the seeds stop where the

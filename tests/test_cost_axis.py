@@ -155,6 +155,7 @@ def test_the_search_wires_one_axis_and_refuses_what_it_cannot_price(tmp_path):
         parse_spec({**values, "space": {**SPACE, "val_size": {"low": 100, "high": 200, "type": "int"}}})
 
 
+@pytest.mark.slow
 def test_front_plot_scheduler_sampler_and_hypervolume_agree_with_epochs_and_batch_size_searched(
     local_ray, tmp_path
 ):

@@ -117,6 +117,7 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert sum(row in set(rows(a.val_x)) for row in rows(a.test_x)) < 5
 
 
+@pytest.mark.slow
 def test_mnist1d_is_generated_offline_with_the_published_shapes_identically_twice():
     """Generated in a fresh interpreter whose sockets raise, twice: the same signals, the published
     4,000/1,000 split of 40-sample signals, 10 balanced classes."""

@@ -22,7 +22,7 @@ from rst_tune.search.cluster import check_shared, filesystem_type, spans_machine
 from rst_tune.search.space import points_to_evaluate
 from rst_tune.tracking import tracker_for
 
-DEFAULT = Path(__file__).parent.parent / "search_spaces" / "default.yaml"
+DEFAULT = Path(__file__).parent.parent / "rst_tune" / "search_spaces" / "default.yaml"
 
 
 def _kill_worker_mid_run(trials_dir: Path, killed: list):
@@ -38,6 +38,7 @@ def _kill_worker_mid_run(trials_dir: Path, killed: list):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_result(local_ray, tmp_path):
     values = {
         "name": "kill",
@@ -90,6 +91,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_result(local_
         assert finals["killed"][key] == finals["clean"][key], key
 
 
+@pytest.mark.slow
 def test_environment_secrets_are_never_logged(local_ray, tmp_path, monkeypatch):
     planted = "planted-secret-5b1c9e"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", planted)

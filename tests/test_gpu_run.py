@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = ["env", "probe", "tests", "step_cost", "dropout_state", "epoch_throughput", "trials_per_gpu"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the rehearsal is the run without CUDA")
 def test_the_gpu_run_rehearses_on_the_cpu_with_its_cuda_parts_skipped(tmp_path):
     out = tmp_path / "out"

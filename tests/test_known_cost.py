@@ -75,7 +75,9 @@ SPACE = {
 }
 
 
-@pytest.mark.parametrize("objective", ["pareto", "accuracy_under_budget"])
+@pytest.mark.parametrize(
+    "objective", ["pareto", pytest.param("accuracy_under_budget", marks=pytest.mark.slow)]
+)
 def test_the_sampler_proposes_valid_configurations_within_the_budget(tmp_path, objective):
     budget = {"budget": 1.4} if objective == "accuracy_under_budget" else {}
     spec = parse_spec(

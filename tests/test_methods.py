@@ -540,6 +540,7 @@ def test_an_optimizer_state_from_before_pass_counting_loads_its_propagations():
     )
 
 
+@pytest.mark.slow
 def test_a_method_with_nothing_affordable_leaves_the_balanced_proposals_to_the_others(tmp_path):
     import optuna
 

@@ -121,6 +121,7 @@ def train_on_ranks(rank, world_size, p, grst_weight=None, seed=5, momentum=0.0, 
     return [t.detach().clone() for t in model.parameters()], coins, reduces
 
 
+@pytest.mark.slow
 def test_sgd_steps_on_two_ranks_equal_one_rank_on_the_whole_batch(tmp_path):
     """p ≡ 0, no BatchNorm: 2 ranks × B/2 take the steps 1 rank × B takes (momentum too)."""
     ranks = on_ranks(train_on_ranks, 2, tmp_path, 0.0, None, 5, 0.9)
@@ -153,7 +154,11 @@ def method_optimizer(model, network, name, params):
 
 
 @pytest.mark.parametrize(
-    ("name", "params"), [("looksam", {"k": 3, "alpha": 0.7}), ("aesam", {"lambda1": 0.0, "lambda2": 0.0})]
+    ("name", "params"),
+    [
+        pytest.param("looksam", {"k": 3, "alpha": 0.7}, marks=pytest.mark.slow),
+        ("aesam", {"lambda1": 0.0, "lambda2": 0.0}),
+    ],
 )
 def test_methods_that_read_g1_train_on_two_ranks_as_one_process_on_the_whole_batch(tmp_path, name, params):
     """LookSAM's refresh and AE-SAM's test use the reduced g1: every rank decides and refreshes alike,
@@ -190,7 +195,9 @@ def reference_step(params, halves, alpha):
     return [w - LR * (m0 + m1) / 2 for w, m0, m1 in zip(params, *mixed)]
 
 
-@pytest.mark.parametrize("grst_weight, alpha", [(None, 1.0), (0.5, 0.5), (1.5, 1.5)])
+@pytest.mark.parametrize(
+    "grst_weight, alpha", [(None, 1.0), pytest.param(0.5, 0.5, marks=pytest.mark.slow), (1.5, 1.5)]
+)
 def test_sharpness_aware_steps_on_two_ranks_match_the_reference(tmp_path, grst_weight, alpha):
     """p ≡ 1: RST (α = 1) and G-RST (α = λ_G / p = λ_G, below and above 1)."""
     ranks = on_ranks(train_on_ranks, 2, tmp_path, 1.0, grst_weight)
@@ -230,6 +237,7 @@ def _one_sam_step_with_batchnorm(rank, world_size):
     return bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()
 
 
+@pytest.mark.slow
 def test_the_perturbed_pass_leaves_each_ranks_batchnorm_statistics_alone(tmp_path):
     """Per-rank BatchNorm: after one sharpness-aware step, rank 0's running statistics are those of
     one clean forward pass over its half of the batch."""
@@ -409,6 +417,7 @@ def _kill_a_worker_after_the_first_checkpoint(runs: Path, seen: dict):
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_search_trains_on_two_workers_and_a_killed_worker_resumes_to_the_same_end(local_ray, tmp_path):
     from ray.tune import ExperimentAnalysis
 
@@ -446,6 +455,7 @@ def test_a_search_trains_on_two_workers_and_a_killed_worker_resumes_to_the_same_
         assert finals["killed"][key] == finals["clean"][key], key
 
 
+@pytest.mark.slow
 def test_the_cli_trains_on_two_workers(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     command = [sys.executable, "-m", "rst_tune.cli", "train", "workers=3", "epochs=2", "device=cpu"]
@@ -498,6 +508,7 @@ def test_a_search_file_whose_workers_cannot_run_names_the_key(changes, message):
     assert parse_spec(values).resources.workers == 2
 
 
+@pytest.mark.slow
 def test_trials_stopped_early_give_their_workers_back(tmp_path):
     """`rst-tune search` with pareto_fair stopping on 2 workers of 1 CPU each, on a 2-CPU machine: a
     stopped trial's Train run must release its workers, or the next trial waits for them forever."""

@@ -208,6 +208,7 @@ def test_replay_counts_pruned_epochs_and_confirmation_seeds(table_file):
         assert 0.0 <= trace.final[0] <= 1.0 + 1e-9
 
 
+@pytest.mark.slow
 def test_the_builder_resumes_after_sigkill_without_training_a_pair_twice(tmp_path):
     """SIGKILL the builder's whole process group mid-study, run it again: every (configuration, seed)
     pair is trained by exactly one Ray trial and one Optuna trial, and the table has each epoch once."""

@@ -95,6 +95,7 @@ def test_pareto_search_front_matches_one_computed_from_ray_results(local_ray, tm
     assert len((tmp_path / "e2e" / "pareto.csv").read_text().splitlines()) == 1 + len(by_hand)
 
 
+@pytest.mark.slow
 def test_stopped_and_diverged_trials_are_pruned_and_failed_and_the_search_goes_on(local_ray, tmp_path):
     values = {
         "name": "states",
@@ -135,6 +136,7 @@ def test_stopped_and_diverged_trials_are_pruned_and_failed_and_the_search_goes_o
             assert t.user_attrs["epoch"] < 3
 
 
+@pytest.mark.slow
 def test_budget_search_trains_nothing_over_budget(local_ray, tmp_path):
     values = {
         "name": "budget",
@@ -157,6 +159,7 @@ def test_budget_search_trains_nothing_over_budget(local_ray, tmp_path):
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_keeps_exactly_num_samples_trials(tmp_path):
     space = {
         "name": "resume",

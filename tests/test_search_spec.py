@@ -12,7 +12,7 @@ from rst_tune.search.space import Coordinates, DefineByRun, optuna_params, point
 
 SPACES = sorted(
     p
-    for p in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml")
+    for p in (Path(__file__).parent.parent / "rst_tune" / "search_spaces").glob("*.yaml")
     if not p.stem.startswith("study_")
 )
 GOOD = {

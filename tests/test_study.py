@@ -21,7 +21,7 @@ from rst_tune.study import load_study, parse_study
 from rst_tune.study.runner import StudyPlan
 from rst_tune.study.stats import spread, welch
 
-SPACES = Path(__file__).parent.parent / "search_spaces"
+SPACES = Path(__file__).parent.parent / "rst_tune" / "search_spaces"
 SGD = {"label": "SGD", "schedule": {"name": "constant", "params": {"p": 0.0}}}
 SAM = {"label": "SAM", "schedule": {"name": "constant", "params": {"p": 1.0}}}
 
@@ -302,6 +302,7 @@ def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(
             assert child.data.metrics["val_accuracy"] == pytest.approx(result["val_accuracy"])
 
 
+@pytest.mark.slow
 def test_study_resumed_after_sigkill_trains_every_configuration_seed_pair_once(tmp_path):
     path = tmp_path / "resume.yaml"
     path.write_text(

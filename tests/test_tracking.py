@@ -39,6 +39,7 @@ def _children(client, experiment):
     }
 
 
+@pytest.mark.slow
 def test_search_logs_nested_runs_over_http(local_ray, tmp_path, mlflow_server):
     values = {
         "name": "tracked",
@@ -151,6 +152,7 @@ def _headers_on_screen(browser) -> set[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("chromedriver") is None and not os.environ.get("RST_TUNE_REQUIRE_BROWSER"),
     reason="needs chromium and chromium-driver (apt-get install chromium chromium-driver)",

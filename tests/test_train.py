@@ -154,7 +154,7 @@ def test_batch_larger_than_the_training_set_is_a_config_error():
         Trainer(load_config({"batch_size": 5000}))
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])
 def test_mixed_precision_runs_learn(precision):
     """bf16 autocast, and fp16 with a GradScaler through sharpness-aware steps, both train."""
     history = train(

@@ -63,6 +63,7 @@ PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_ray_tasks_train_on_the_gpu_ray_gave_them_and_on_the_cpu_without_one():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     result = subprocess.run(

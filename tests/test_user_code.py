@@ -147,6 +147,7 @@ STREAMED_DROPOUT = {
 }
 
 
+@pytest.mark.slow
 def test_a_search_imports_the_user_package_in_its_ray_workers(project, tmp_path):
     space = {
         "name": "outside",
@@ -206,6 +207,7 @@ def test_a_streamed_dropout_run_resumes_mid_epoch_to_the_same_weights(project, t
     assert straight.history[1].train_loss == resumed.history[1].train_loss
 
 
+@pytest.mark.slow
 def test_rst_tune_train_writes_and_resumes_a_mid_epoch_checkpoint(project, tmp_path, monkeypatch):
     settings = ["dataset=outside.tables:blobs", "model=outside.nets:mlp", "model_params.dropout=0.5",
                 "epochs=2", "batch_size=50", "device=cpu", "--quiet"]  # fmt: skip
@@ -261,6 +263,45 @@ def test_torchvision_models_by_name_get_the_number_of_classes(tmp_path, monkeypa
     torch.testing.assert_close(loaded.state_dict()["fc.weight"], saved["fc.weight"])
     with pytest.raises(ValueError, match="torchvision:resnet18 takes 3×H×W images"):
         build_model("torchvision:resnet18", 10, (1, 28, 28))
+
+
+def test_timm_models_by_name_take_classes_and_channels_from_the_data(tmp_path):
+    import timm
+
+    config = load_config({"dataset": "digits", "model": "timm:resnet18", "epochs": 1, "device": "cpu"})
+    trainer = Trainer(config)  # digits: 1×8×8 images, 10 classes
+    assert trainer.model.conv1.in_channels == 1 and trainer.model.fc.out_features == 10
+    assert next(trainer.fit()).steps == trainer.steps_per_epoch
+    vit = build_model("timm:vit_tiny_patch16_224", 7, (3, 32, 32), img_size=32, patch_size=8)
+    assert vit(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    saved = timm.create_model("resnet18").state_dict()  # weights come from a file on disk, or not at all
+    torch.save(saved, tmp_path / "resnet18.pth")
+    overlay = {"file": str(tmp_path / "resnet18.pth")}
+    loaded = build_model("timm:resnet18", 10, (3, 32, 32), pretrained=True, pretrained_cfg_overlay=overlay)
+    torch.testing.assert_close(loaded.state_dict()["conv1.weight"], saved["conv1.weight"])
+    with pytest.raises(ValueError, match="timm:resnet18 would download its weights; nothing is downloaded"):
+        build_model("timm:resnet18", 10, (3, 32, 32), pretrained=True)
+    with pytest.raises(ValueError, match=r"timm has no model 'create_model'; e\.g\. "):
+        build_model("timm:create_model", 10, (3, 32, 32))
+
+
+def test_a_timm_model_without_timm_is_one_line_saying_how_to_install_it(tmp_path):
+    """timm made unimportable in a fresh interpreter, as on a machine without it."""
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "train: {model: 'timm:resnet18'}\nspace: {rho: {low: 0.01, high: 0.1}}\nbaselines: false\n"
+    )
+    blocked = (
+        "import sys; sys.modules['timm'] = None; from rst_tune.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked, "search", "--space", str(space), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "train.model: timm:resnet18 needs timm: pip install 'rst-tune[timm]'" in done.stderr, done.stderr
 
 
 def _write_folder(root: Path, colours: dict[str, list[tuple[int, int, int]]], size: int = 20) -> None:
@@ -378,6 +419,7 @@ def test_each_bad_input_is_one_line_exit_2_and_nothing_started(project, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_the_example_package_runs_as_the_readme_shows(tmp_path):
     example = Path(__file__).parent.parent / "examples" / "tabular"
     copy = shutil.copytree(example, tmp_path / "tabular")

@@ -19,7 +19,7 @@ from rst_tune.search.spec import Dimension, SearchSpec
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = Path(__file__).resolve().parent / "tables"
 TABLE_SPACE = Path(__file__).resolve().parent / "spaces" / "tables.yaml"  # the space both tables cover
-SEARCH = ROOT / "search_spaces" / "default.yaml"
+SEARCH = ROOT / "rst_tune" / "search_spaces" / "default.yaml"
 BASELINES = {"SGD": 0.0, "SAM": 1.0}  # label -> constant p, at train.rho
 
 

@@ -2,7 +2,7 @@
 front of accuracy against propagations.
 
     from rst_tune.search import load_spec, run_search
-    values, spec = load_spec("search_spaces/default.yaml")
+    values, spec = load_spec("rst_tune/search_spaces/default.yaml")
     report = run_search(values, spec, "rst_runs/default")
     print(report.table())
 

@@ -103,6 +103,7 @@ class ParetoReport:
     reference_cost: float | None
     hypervolume: float | None
     confirmed: list[ConfirmedPoint] = field(default_factory=list)  # empty: not confirmed (yet)
+    run_dir: Path | None = None  # the run folder, where `rst_tune.api` ran it
 
     @property
     def cost(self) -> str:

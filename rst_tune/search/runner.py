@@ -35,6 +35,7 @@ class Report(Protocol):
 
     files: ClassVar[tuple[str, ...]]
     trials: list[TrialRow]
+    run_dir: Path | None  # its run folder, once `rst_tune.api` has run it
 
     @property
     def front(self) -> list[TrialRow] | None:

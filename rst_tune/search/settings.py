@@ -3,12 +3,13 @@ name the key and its line."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from rst_tune.config import ConfigError, Problem, TrainConfig, load_config, validation_problems
 from rst_tune.train import check_ranks
@@ -75,8 +76,19 @@ class RunSettings(Strict):
         "to a cluster's machines; default: the folders user code is imported from, on PYTHONPATH",
     )
 
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if isinstance(context, dict) and "raw" in context:
+            self._raw = copy.deepcopy(context["raw"])
+
     def train_config(self) -> TrainConfig:
         return load_config(self.train)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The values the settings were validated from, as a run folder saves them."""
+        return copy.deepcopy(self._raw)
 
     @model_validator(mode="after")
     def _runs_on_the_workers(self) -> RunSettings:
@@ -101,7 +113,7 @@ def parse_settings(model: type[Settings], values: Any, source: str, lines: Lines
         except ConfigError as err:
             raise err.within("train") from None
         try:
-            return model.model_validate(values)
+            return model.model_validate(values, context={"raw": values})
         except ValidationError as err:
             raise validation_problems(err) from None
     except ConfigError as err:

@@ -1,7 +1,7 @@
 """Studies: fixed configurations × seeds, run like a search, summarised with error bars and tests.
 
     from rst_tune.study import load_study, run_study
-    values, spec = load_study("search_spaces/study_label_noise.yaml")
+    values, spec = load_study("rst_tune/search_spaces/study_label_noise.yaml")
     report = run_study(values, spec, "rst_runs/study_label_noise")
     print(report.table())
 

@@ -58,6 +58,7 @@ class StudyReport:
     trials: list[TrialRow]
     rows: list[ConfigurationRow]
     paired: list[PairedRow]
+    run_dir: Path | None = None  # the run folder, where `rst_tune.api` ran it
 
     def counts(self) -> dict[str, int]:
         return state_counts(self.trials)
