@@ -113,6 +113,14 @@ def _final(epoch=3, accuracy=0.9, propagations=120, cost=1.5):
     }
 
 
+def test_the_study_names_its_objectives_as_the_results_do(tmp_path):
+    searcher, _ = _searcher(tmp_path)
+    assert searcher.study.metric_names == ["val_accuracy", "propagations"]
+    (tmp_path / "b").mkdir()
+    budget, _ = _searcher(tmp_path / "b", objective="accuracy_under_budget", budget=1.5)
+    assert budget.study.metric_names == ["val_accuracy"]
+
+
 def test_searcher_tells_honest_states(tmp_path):
     searcher, _ = _searcher(tmp_path)
     for trial_id in "abcde":

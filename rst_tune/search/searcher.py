@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,9 @@ class RSTSearch(Searcher):
             directions=["maximize" if m == "max" else "minimize" for m in self.objective.modes],
         )
         self._study_id = storage.get_study_id_from_name(spec.name)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what optuna-dashboard shows
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.set_metric_names(list(self.objective.metrics))
         self.axis.keep(self.study)
         for point in points_to_evaluate(spec) if enqueue else []:
             self.study.enqueue_trial(point)
