@@ -4,6 +4,7 @@ points it names × k fresh seeds once each, resumes after SIGKILL, and its figur
 import json
 import math
 import statistics
+from dataclasses import replace
 
 import numpy as np
 import optuna
@@ -18,8 +19,9 @@ from rst_tune.config import ConfigError
 from rst_tune.search import parse_spec, read_run, run_search
 from rst_tune.search.record import trial_rows
 from rst_tune.search.runner import read_search_report
-from rst_tune.study.confirm import candidates, confirmed_points
+from rst_tune.study.confirm import candidates, confirmation_settings, confirmed_points
 from rst_tune.study.sequential import DONE, next_seed
+from rst_tune.study.spec import parse_study
 from rst_tune.study.stats import paired
 
 SPACE = {
@@ -121,6 +123,26 @@ def test_the_confirmed_front_drops_a_point_only_on_a_paired_interval_above_zero(
 
 def _ray_results(folder) -> list[dict]:
     return [trial.last_result for trial in ExperimentAnalysis(str((folder / "trials").resolve())).trials]
+
+
+def test_a_confirmed_point_names_its_search_trial_from_its_record():
+    """The source trial is a field of each confirmation trial's record, whatever its label says; a
+    confirmation begun before the field existed is read from its "trial N: " label."""
+    rows = [
+        replace(row, record=replace(row.record, source_trial=source))
+        for source, label, values in ((7, "a", [0.80, 0.82, 0.81]), (9, "b", [0.70, 0.72, 0.71]))
+        for row in (confirmation_row(len(values) * source + k, label, k, v, 10) for k, v in enumerate(values))
+    ]
+    points = {point.trial: point for point in confirmed_points(rows, "propagations")}
+    assert {n: (p.label, p.on_front, p.beaten_by) for n, p in points.items()} == {
+        7: ("a", True, None),
+        9: ("b", False, 7),
+    }
+    legacy = confirmed_points([confirmation_row(0, "trial 4: x", 0, 0.5, 10)], "propagations")
+    assert [(p.trial, p.label) for p in legacy] == [(4, "x")]
+    searched = [confirmation_row(7, "constant(p=0.5)", 0, 0.8, 10)]  # search trial 7
+    settings = parse_study(confirmation_settings(parse_spec({"space": SPACE}), searched, set()))
+    assert settings.source_trial(0) == 7 and settings.labels() == ["trial 7: constant(p=0.5)"]
 
 
 @pytest.mark.slow

@@ -115,6 +115,10 @@ def test_a_bad_train_section_reads_the_same_in_a_study_and_a_search(tmp_path, tr
             "3: configurations.0.seed: a study's seeds are `seed` + 0",
         ),
         (
+            "configurations:\n  - {label: a, source_trial: -1}\n",
+            "3: configurations.0.source_trial: expected a trial number, got -1",
+        ),
+        (
             "configurations:\n  - {label: a, epochs: 3}\n",
             "3: configurations.0.epochs: every configuration trains train.epochs",
         ),

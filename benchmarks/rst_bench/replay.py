@@ -279,7 +279,13 @@ class Replay:
         def row(n: int, i: int, j: int, state: str) -> TrialRow:
             config = chosen[i].record.train.model_copy(update={"seed": int(self.table.seeds[j])})
             record = TrialRecord(
-                config, labels[i], n, chosen[i].baseline, configuration=labels[i], seed_index=j
+                config,
+                labels[i],
+                n,
+                chosen[i].baseline,
+                configuration=labels[i],
+                seed_index=j,
+                source_trial=chosen[i].number,
             )
             if state != "COMPLETE":
                 return TrialRow(n, state, record, None, None, None, {})

@@ -29,6 +29,7 @@ class TrialRecord:
     baseline: str | None = None
     configuration: str | None = None
     seed_index: int | None = None
+    source_trial: int | None = None  # in a search's confirmation: the search trial it trains again
 
     @property
     def expected_cost(self) -> float:
@@ -41,6 +42,7 @@ class TrialRecord:
             "train": self.train.model_dump(),
             "expected_cost": self.expected_cost,
             "optuna_trial": self.optuna_trial,
+            "source_trial": self.source_trial,
             **{name: getattr(self, name) for name in _PLAIN_FIELDS},
         }
 
@@ -49,6 +51,7 @@ class TrialRecord:
         return cls(
             load_config(config["train"]),
             optuna_trial=config["optuna_trial"],
+            source_trial=config.get("source_trial"),
             **{name: config[name] for name in _PLAIN_FIELDS},
         )
 
@@ -58,13 +61,17 @@ class TrialRecord:
             "train": self.train.model_dump(),
             "expected_cost": self.expected_cost,
             "seed": self.train.seed,
+            "source_trial": self.source_trial,
             **{name: getattr(self, name) for name in _PLAIN_FIELDS},
         }
 
     @classmethod
     def from_user_attrs(cls, number: int, attrs: dict[str, Any]) -> TrialRecord:
         return cls(
-            load_config(attrs["train"]), optuna_trial=number, **{name: attrs[name] for name in _PLAIN_FIELDS}
+            load_config(attrs["train"]),
+            optuna_trial=number,
+            source_trial=attrs.get("source_trial"),  # absent from trials recorded before 2026-12-06
+            **{name: attrs[name] for name in _PLAIN_FIELDS},
         )
 
 

@@ -36,11 +36,24 @@ from rst_tune.study.spec import StudySpec, parse_study
 from rst_tune.study.stats import paired, spread
 
 REFERENCES = ("SGD", "SAM")  # baselines confirmed whatever their place, as the points to compare with
-_LABEL = re.compile(r"trial (\d+): ")  # a confirmed configuration's label: "trial N: <the trial's label>"
+_LEGACY = re.compile(r"trial (\d+): ")  # how confirmations begun before 2026-12-06 name their trial
+
+
+def _point_prefix(number: int) -> str:
+    return f"trial {number}: "
 
 
 def _point_label(row: TrialRow) -> str:
-    return f"trial {row.number}: {row.label}"
+    """A confirmed configuration's label, unique in its study as the trial's own may not be."""
+    return _point_prefix(row.number) + row.label
+
+
+def _source(label: str, row: TrialRow) -> int:
+    """The search trial a confirmation trial trains again: its record's, or its label's in a
+    confirmation begun before records held it."""
+    return (
+        row.record.source_trial if row.record.source_trial is not None else int(_LEGACY.match(label).group(1))
+    )
 
 
 def candidates(report: ParetoReport, margin: float, most: int) -> list[TrialRow]:
@@ -80,6 +93,7 @@ def confirmation_settings(spec: SearchSpec, rows: Sequence[TrialRow], used_seeds
         "configurations": [
             {
                 "label": _point_label(row),
+                "source_trial": row.number,
                 **row.record.train.model_dump(exclude={"seed"}),
             }
             for row in rows
@@ -156,6 +170,7 @@ def confirmed_points(rows: Sequence[TrialRow], cost: str, confidence: float = 0.
         label: spread([compute(r, cost) for r in by_seed.values()]).mean for label, by_seed in seeds.items()
     }
     baseline = {label: next(iter(by_seed.values())).baseline for label, by_seed in seeds.items()}
+    source = {label: _source(label, next(iter(by_seed.values()))) for label, by_seed in seeds.items()}
     sgd = next((seeds[label] for label in seeds if baseline[label] == "SGD"), None)
 
     def versus_sgd(by_seed: dict[int, TrialRow]) -> tuple[float, float, float] | None:
@@ -173,15 +188,15 @@ def confirmed_points(rows: Sequence[TrialRow], cost: str, confidence: float = 0.
                 continue
             difference = compare(other_seeds, by_seed, confidence)
             if difference is not None and difference.ci_low > 0:
-                beaten_by = int(_LABEL.match(other).group(1))
+                beaten_by = source[other]
                 break
         config = next(iter(by_seed.values())).record.train
         val = spread([r.val_accuracy for r in by_seed.values()])
         test = spread([r.test_accuracy for r in by_seed.values() if r.test_accuracy is not None])
         points.append(
             ConfirmedPoint(
-                trial=int(_LABEL.match(label).group(1)),
-                label=_LABEL.sub("", label, count=1),
+                trial=source[label],
+                label=label.removeprefix(_point_prefix(source[label])),
                 seeds=len(by_seed),
                 val_accuracy_mean=val.mean,
                 val_accuracy_ci=(val.ci_low, val.ci_high),

@@ -70,6 +70,7 @@ class StudyPlan:
             baseline_name(config),
             configuration=label,
             seed_index=seed_index,
+            source_trial=self.spec.source_trial(index),
         )
 
 

@@ -14,6 +14,8 @@ from rst_tune.search.settings import Lines, RunSettings, load_settings, parse_se
 from rst_tune.search.space import baseline_name, describe
 from rst_tune.search.spec import SearchSpec
 
+NOT_TRAINING = ("label", "source_trial")  # a configuration's keys that are not training settings
+
 STUDY_WIDE = {  # training settings a configuration may not set, and why
     "seed": "a study's seeds are `seed` + 0 … `seeds` − 1, the same for every configuration",
     "epochs": "every configuration trains train.epochs (or --epochs); "
@@ -67,6 +69,7 @@ class StudySpec(RunSettings):
                     key=("configurations", str(index), "label"),
                 )
             labels[label] = index
+            self.source_trial(index)
         for index, pair in enumerate(self.compare):
             for side, label in enumerate(pair):
                 if label not in labels:
@@ -78,7 +81,7 @@ class StudySpec(RunSettings):
 
     def train_config_of(self, index: int, seed_index: int = 0) -> TrainConfig:
         """The training config of configuration `index` at its `seed_index`-th seed."""
-        overrides = {k: v for k, v in self.configurations[index].items() if k != "label"}
+        overrides = {k: v for k, v in self.configurations[index].items() if k not in NOT_TRAINING}
         for key, why in STUDY_WIDE.items():
             if key in overrides and not (key == "epochs" and self.configuration_epochs):
                 raise ConfigError(why, key=("configurations", str(index), key))
@@ -86,6 +89,15 @@ class StudySpec(RunSettings):
             return load_config({**self.train, **overrides, "seed": self.seed + seed_index})
         except ConfigError as err:
             raise err.within("configurations", str(index)) from None
+
+    def source_trial(self, index: int) -> int | None:
+        """The search trial configuration `index` trains again, in a search's confirmation."""
+        given = self.configurations[index].get("source_trial")
+        if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 0):
+            raise ConfigError(
+                f"expected a trial number, got {given!r}", key=("configurations", str(index), "source_trial")
+            )
+        return given
 
     def label(self, index: int) -> str:
         """A configuration's `label`, else its baseline name (SGD, SAM) or its settings in words."""
