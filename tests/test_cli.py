@@ -1,10 +1,13 @@
-"""`rst-tune train` as a user runs it: a subprocess, its table, its exit codes, its checkpoint."""
+"""`rst-tune train` as a user runs it: a subprocess, its table, its exit codes, its checkpoint (the
+config merge, in process)."""
 
 import re
 import subprocess
 import sys
 
 import pytest
+
+from rst_tune.cli import main
 
 
 def rst_tune(*args, cwd=None):
@@ -76,12 +79,13 @@ def test_bad_input_exits_2_with_one_line(args, message):
     assert "Traceback" not in result.stderr
 
 
-def test_config_file_and_overrides_merge(tmp_path):
+def test_config_file_and_overrides_merge(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("epochs: 1\nbatch_size: 512\nschedule:\n  name: constant\n  params: {p: 0.0}\n")
-    result = rst_tune("train", "--quiet", "--config", str(config), "schedule.params.p=1.0")
-    assert result.returncode == 0, result.stderr
-    row = result.stdout.splitlines()[-2].split()  # the last epoch's row; the test part's line follows
+    assert main(["train", "--quiet", "--config", str(config), "schedule.params.p=1.0"]) == 0  # in process
+    row = (
+        capsys.readouterr().out.splitlines()[-2].split()
+    )  # the last epoch's row; the test part's line follows
     assert row[0] == "1" and row[5] == "2.000"  # p = 1 from the command line won over the file's 0
 
 
