@@ -189,8 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rst_tune import api
 
     kind = args.command
-    if args.resume and _given(args):
-        raise ConfigError(f"--resume continues a {kind} as it was started; drop {', '.join(_given(args))}")
+    if args.resume and (given := _given(args)):
+        raise ConfigError(f"--resume continues a {kind} as it was started; drop {', '.join(given)}")
     if not args.resume:
         name = args.space or "default" if kind == "search" else args.file
         if name is None:

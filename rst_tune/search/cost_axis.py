@@ -94,11 +94,13 @@ class CostAxis:
         """`propagations` over batches of `batch_size`, counted in batches of the spec's size."""
         return propagations * batch_size / self.batch_size
 
-    def value(self, row: TrialRow) -> float:
-        """A trial's place on the front's axis: its propagations (`propagations`), or device_seconds."""
-        if self.name == "device_seconds":
-            return row.device_seconds
+    def propagations_of(self, row: TrialRow) -> float:
+        """A trial's propagations so far, counted in batches of the spec's size."""
         return self.propagations(row.propagations, row.record.train.batch_size)
+
+    def value(self, row: TrialRow) -> float:
+        """A trial's place on the front's axis: its propagations (`propagations_of`), or device_seconds."""
+        return row.device_seconds if self.name == "device_seconds" else self.propagations_of(row)
 
     def result(self, result: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
         """A trial's result (an epoch's metrics) at `batch_size` with its propagations on the axis, as

@@ -222,11 +222,7 @@ class ParetoReport:
             point.seeds * self.axis.propagations(point.propagations_mean, point.batch_size)
             for point in self.confirmed
         )
-        searched = sum(
-            self.axis.propagations(r.propagations, r.record.train.batch_size)
-            for r in self.trials
-            if r.metrics
-        )
+        searched = sum(self.axis.propagations_of(r) for r in self.trials if r.metrics)
         lines.append(
             f"{len(self.confirmed)} points confirmed with {seeds} seeds each; {kept} on the confirmed front. "
             f"Compute: {trainings} confirmation trainings, {spent:,.0f} propagations; the search "
