@@ -45,7 +45,7 @@ def main() -> int:
     full_steps = float(np.median(table.final("steps")))
     replays = [json.loads(line) for line in (RESULTS / f"{problem.name}.jsonl").read_text().splitlines()]
     for run in args.runs:
-        _, spec = read_run(run)
+        spec = read_run(run)
         if {k: v for k, v in spec.train.items() if k != "test_every_epoch"} != {
             k: v for k, v in expected.train.items() if k != "test_every_epoch"
         } or spec.model_dump()["space"] != expected.model_dump()["space"]:

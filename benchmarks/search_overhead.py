@@ -29,7 +29,7 @@ def measure(values: dict, reuse: bool, folder: Path) -> dict:
     values = {**values, "reuse_actors": reuse, "name": f"reuse_{reuse}".lower()}
     spec = parse_spec(values)
     start = time.perf_counter()
-    run_search(values, spec, folder / spec.name, out=lambda line: None)
+    run_search(spec, folder / spec.name, out=lambda line: None)
     wall = time.perf_counter() - start
     trials = ExperimentAnalysis(str(folder / spec.name / "trials")).trials
     training = sum(t.last_result["wall_s"] for t in trials)
@@ -54,7 +54,7 @@ def main() -> None:
     )
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
-    values, _ = load_spec(args.space)
+    values = load_spec(args.space).raw
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     start = time.perf_counter()
     ray.init(include_dashboard=False, logging_level="ERROR")

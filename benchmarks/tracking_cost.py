@@ -111,7 +111,7 @@ def measure(values: dict, which: str, store: str, folder: Path) -> dict:
     )
     seconds = timed(callback)
     start = time.perf_counter()
-    run_search(values, spec, run_dir, callbacks=[callback], out=lambda line: None)
+    run_search(spec, run_dir, callbacks=[callback], out=lambda line: None)
     wall = time.perf_counter() - start
     results = len(seconds["on_trial_result"])
     during = sum(sum(seconds[h]) for h in HOOKS)
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
-    values, _ = load_spec(args.space, {"num_samples": args.num_samples})
+    values = load_spec(args.space, {"num_samples": args.num_samples}).raw
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(include_dashboard=False, logging_level="ERROR")
     rows = []

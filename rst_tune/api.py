@@ -75,8 +75,7 @@ def load(
 ) -> RunSettings:
     """The `kind` ("search" or "study") settings in `file` with `overrides` (which win, `train` merged
     key by key), validated; their raw values are `.raw`."""
-    _, settings = _LOAD[kind](find_file(file, flag), overrides or {})
-    return settings
+    return _LOAD[kind](find_file(file, flag), overrides or {})
 
 
 def check(settings: RunSettings) -> str:
@@ -140,7 +139,7 @@ def run(
             if file is not None or overrides:
                 raise ConfigError(f"resume continues a {kind} as it was started; give nothing else to run")
             folder = RunFolder.existing(resume, kind)
-            _, settings = _READ[kind](folder.path)
+            settings = _READ[kind](folder.path)
         else:
             if file is None:
                 raise ConfigError(f"give a {kind} file (e.g. study_label_noise), or resume=RUN")
@@ -169,7 +168,7 @@ def _tracked(
 
     tracker = tracker_for(folder.path, settings, tracking_uri, experiment, out)
     report = _RUN[folder.kind](
-        settings.raw, settings, folder.path, address=address, resume=resume, callbacks=[tracker], out=out
+        settings, folder.path, address=address, resume=resume, callbacks=[tracker], out=out
     )
     if folder.kind != "search" or not settings.confirm.seeds or ended(report.trials) < settings.num_samples:
         return report

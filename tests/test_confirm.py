@@ -56,7 +56,7 @@ def test_the_test_part_cannot_steer_a_search(local_ray, tmp_path):
             "seed": 3,
             "confirm": {"seeds": 0},
         }
-        run_search(values, parse_spec(values), tmp_path / f"run-{data}", out=lambda line: None)
+        run_search(parse_spec(values), tmp_path / f"run-{data}", out=lambda line: None)
         study = optuna.load_study(study_name="steer", storage=f"sqlite:///{tmp_path}/run-{data}/optuna.db")
         trained = [{k: v for k, v in t.user_attrs["train"].items() if k != "data_dir"} for t in study.trials]
         outcomes.append(
@@ -173,7 +173,7 @@ def test_sequential_confirmation_trains_each_point_and_seed_once_and_resumes_aft
     assert second.returncode == 0, output
     assert "Confirmed front" in output
 
-    _, spec = read_run(run_dir)
+    spec = read_run(run_dir)
     report = read_search_report(run_dir)  # not rewritten: pareto.json keeps the confirmed points
     named = candidates(report, spec.confirm.margin, spec.confirm.max_points)
     assert {row.baseline for row in named} >= {"SGD", "SAM"}
@@ -225,7 +225,7 @@ def test_sequential_confirmation_trains_each_point_and_seed_once_and_resumes_aft
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("confirmed").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags and "rst.configuration" in r.data.tags]
-    assert sorted((r.data.tags["rst.configuration"], r.data.params["seed"]) for r in children) == [
+    assert sorted((r.data.tags["rst.configuration"], r.data.params["train.seed"]) for r in children) == [
         (label, str(seed)) for label, seed in trained
     ]
     assert all(r.info.status == "FINISHED" for r in runs)

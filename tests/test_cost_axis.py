@@ -174,7 +174,7 @@ def test_front_plot_scheduler_sampler_and_hypervolume_agree_with_epochs_and_batc
         ],
     }
     spec = parse_spec(values)
-    report = run_search(values, spec, tmp_path / "axis", out=lambda line: None)
+    report = run_search(spec, tmp_path / "axis", out=lambda line: None)
     saved = json.loads((tmp_path / "axis" / "pareto.json").read_text())
     study = optuna.load_study(study_name="axis", storage=f"sqlite:///{tmp_path}/axis/optuna.db")
     n = load_data(spec.train_config()).size("train")
@@ -237,4 +237,4 @@ def test_front_plot_scheduler_sampler_and_hypervolume_agree_with_epochs_and_batc
     with sqlite3.connect(tmp_path / "axis" / "optuna.db") as db:
         db.execute("DELETE FROM study_user_attributes WHERE key = ?", (KEPT,))
     with pytest.raises(ConfigError, match="begun by an older rst-tune, before its cost axis; start it again"):
-        run_search(values, spec, tmp_path / "axis", resume=True, out=lambda line: None)
+        run_search(spec, tmp_path / "axis", resume=True, out=lambda line: None)

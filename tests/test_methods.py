@@ -413,7 +413,13 @@ def test_a_trial_of_a_searched_method_sets_only_what_the_method_reads():
     assert record.train.rho == 0.1 and record.train.grst_weight is None  # G-RST is RST's alone
     assert record.label == "looksam(k=4, alpha=0.5), rho 0.1" and record.expected_cost == 1.25
     logged = flat_params(record)
-    assert (logged["method"], logged["method.k"]) == ("looksam", "4") and "schedule" not in logged
+    assert (logged["method"], logged["method.looksam.k"], logged["train.method.params.k"]) == (
+        "looksam",
+        "4",
+        "4",
+    )
+    assert logged["train.method.params.alpha"] == "0.5"  # the method's default, filled in
+    assert not [k for k in logged if k.startswith(("schedule", "train.schedule", "train.grst_weight"))]
     mesa = DefineByRun(spec)(optuna.trial.FixedTrial({"method": "mesa", "method.mesa.weight": 0.5}))
     assert mesa.train.rho == spec.train_config().rho and "rho" not in mesa.label  # MESA takes no SAM step
     rst = {"method": "rst", "schedule": "constant", "schedule.mean": 0.3, "rho": 0.1, "grst_weight.on": False}

@@ -444,7 +444,7 @@ def test_a_search_trains_on_two_workers_and_a_killed_worker_resumes_to_the_same_
                 args=(run_dir / "workers", seen),
                 daemon=True,
             ).start()
-        report = run_search(values, parse_spec(values), run_dir, out=lambda line: None)
+        report = run_search(parse_spec(values), run_dir, out=lambda line: None)
         (trial,) = ExperimentAnalysis(str(run_dir / "trials")).trials
         assert trial.status == "TERMINATED"
         finals[name] = trial.last_result

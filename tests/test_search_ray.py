@@ -47,7 +47,7 @@ def test_pareto_search_front_matches_one_computed_from_ray_results(local_ray, tm
         "seed": 3,
     }
     lines = []
-    report = run_search(values, parse_spec(values), tmp_path / "e2e", out=lines.append)
+    report = run_search(parse_spec(values), tmp_path / "e2e", out=lines.append)
     trials = _ray_finals(tmp_path / "e2e")
     assert len(trials) == 5 and all(t.status == "TERMINATED" for t in trials.values())
     finals = {tid: t.last_result for tid, t in trials.items()}
@@ -109,7 +109,7 @@ def test_stopped_and_diverged_trials_are_pruned_and_failed_and_the_search_goes_o
         "num_samples": 5,
         "max_concurrent": 2,
     }
-    report = run_search(values, parse_spec(values), tmp_path / "states", out=lambda line: None)
+    report = run_search(parse_spec(values), tmp_path / "states", out=lambda line: None)
     study = _study(tmp_path / "states", "states")
     trials = _ray_finals(tmp_path / "states")
     by_lr = {t.params.get("lr"): t for t in study.trials[2:4]}
@@ -149,7 +149,7 @@ def test_budget_search_trains_nothing_over_budget(local_ray, tmp_path):
         "sampler": {"name": "random"},
         "seed": 5,
     }
-    run_search(values, parse_spec(values), tmp_path / "budget", out=lambda line: None)
+    run_search(parse_spec(values), tmp_path / "budget", out=lambda line: None)
     trials = _ray_finals(tmp_path / "budget")
     assert len(trials) == 3
     assert all(t.config["expected_cost"] <= 1.3 for t in trials.values())

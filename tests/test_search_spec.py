@@ -34,7 +34,7 @@ def test_shipped_spaces_load_and_have_baselines():
     names = {path.stem for path in SPACES}
     assert {"default", "cifar10_resnet18", "cifar100_wrn28_10", "paper_six_groups"} <= names
     for path in SPACES:
-        _, spec = load_spec(path)
+        spec = load_spec(path)
         points = points_to_evaluate(spec)
         records = [DefineByRun(spec)(optuna.trial.FixedTrial(point)) for point in points[:2]]
         assert [r.baseline for r in records] == ["SGD", "SAM"], path
@@ -43,7 +43,7 @@ def test_shipped_spaces_load_and_have_baselines():
 
 
 def test_paper_six_groups_evaluates_each_group_once():
-    _, spec = load_spec(SPACES[[p.stem for p in SPACES].index("paper_six_groups")])
+    spec = load_spec(SPACES[[p.stem for p in SPACES].index("paper_six_groups")])
     families = [point["schedule"] for point in points_to_evaluate(spec)]
     assert families == [
         "constant",
@@ -200,7 +200,7 @@ def test_define_by_run_compiles_every_kind_of_dimension(tmp_path):
 def test_a_space_in_coordinates_knows_each_trials_cost_from_its_mean():
     """The default space spells schedules as mean and shape: a trial's expected cost is 1 + its
     `schedule.mean`, shared by every family, and today's parameters still describe the same points."""
-    _, spec = load_spec(SPACES[[p.stem for p in SPACES].index("default")])
+    spec = load_spec(SPACES[[p.stem for p in SPACES].index("default")])
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     space = DefineByRun(spec)
     for _ in range(40):
@@ -233,7 +233,7 @@ def test_the_authors_names_and_coordinates_build_the_same_schedules():
             value = trial.params.get("schedule.piecewise1.p", trial.params.get("schedule.mean"))
             assert switch == pytest.approx(value if "p" in family else 1 - value, abs=1e-12)
             assert Coordinates(spec).features(trial.params)[0] == 1.0  # its family, by its alias
-    _, spec = load_spec(SPACES[[p.stem for p in SPACES].index("default")])
+    spec = load_spec(SPACES[[p.stem for p in SPACES].index("default")])
     edge = {"schedule": {"name": "linear", "params": {"p_start": 0.1, "p_end": 1.0}}}
     assert optuna_params(spec, edge)["schedule.linear.tilt"] == 1.0
     with pytest.raises(ConfigError, match=r"space\.schedule\.linear\.mean: every family in coordinates"):

@@ -34,7 +34,7 @@ def _error(path: Path, loader=load_study) -> str:
 
 @pytest.mark.parametrize("name", ["study_label_noise", "study_cifar10_resnet18", "study_cifar100_wrn28_10"])
 def test_shipped_studies_are_valid(name):
-    _, spec = load_study(SPACES / f"{name}.yaml")
+    spec = load_study(SPACES / f"{name}.yaml")
     assert spec.name == name
     labels = [spec.label(i) for i in range(len(spec.configurations))]
     assert spec.seeds >= 5 and {"SGD", "SAM"} <= set(labels)
@@ -44,7 +44,7 @@ def test_shipped_studies_are_valid(name):
 
 
 def test_the_rivals_study_compares_the_pairs_its_claims_need():
-    _, spec = load_study(SPACES / "study_rivals.yaml")
+    spec = load_study(SPACES / "study_rivals.yaml")
     methods = {spec.label(i): spec.train_config_of(i).method.name for i in range(len(spec.configurations))}
     assert set(methods.values()) == {
         "rst",
@@ -68,7 +68,7 @@ def test_a_comparison_of_an_unknown_label_names_its_key():
 
 
 def test_label_noise_study_has_the_configurations_the_issue_asks_for():
-    _, spec = load_study(SPACES / "study_label_noise.yaml")
+    spec = load_study(SPACES / "study_label_noise.yaml")
     configs = [spec.train_config_of(i) for i in range(len(spec.configurations))]
     assert all(c.dataset == "mnist1d" and c.label_noise == 0.3 for c in configs)
     families = {c.schedule.name for c in configs}
@@ -297,7 +297,7 @@ def test_tiny_study_end_to_end_matches_the_statistics_of_its_ray_results(
     assert {"study.yaml", "resolved_study.json", "study.md", "study.csv", "study.json", "study.png"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)
     }
-    logged = {(c.data.tags["rst.configuration"], c.data.params["seed"]): c for c in children}
+    logged = {(c.data.tags["rst.configuration"], c.data.params["train.seed"]): c for c in children}
     assert set(logged) == {(name, seed) for name in ("SGD", "SAM") for seed in ("0", "1")}
     for name, results_of in results.items():
         for result in results_of:
@@ -344,6 +344,6 @@ def test_study_resumed_after_sigkill_trains_every_configuration_seed_pair_once(t
     runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(runs) == 7 and sorted(
-        (r.data.tags["rst.configuration"], r.data.params["seed"]) for r in children
+        (r.data.tags["rst.configuration"], r.data.params["train.seed"]) for r in children
     ) == sorted((name, str(seed)) for name in ("SGD", "SAM") for seed in (5, 6, 7))
     assert all(r.info.status == "FINISHED" for r in runs)

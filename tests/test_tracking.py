@@ -1,5 +1,6 @@
 """MLflow tracking against real `mlflow server` processes on 127.0.0.1, and the UI in a real browser."""
 
+import json
 import os
 import re
 import shutil
@@ -8,11 +9,14 @@ import sys
 import urllib.request
 from importlib.metadata import version
 from pathlib import Path
+from types import SimpleNamespace
 
+import optuna
 import pytest
 import torch
-from conftest import free_port
+from conftest import MlflowServer, free_port
 from mlflow import MlflowClient
+from ray.tune import ExperimentAnalysis
 
 from rst_tune.models import build_model
 from rst_tune.search import parse_spec, run_search
@@ -39,8 +43,14 @@ def _children(client, experiment):
     }
 
 
-@pytest.mark.slow
-def test_search_logs_nested_runs_over_http(local_ray, tmp_path, mlflow_server):
+PLANTED = "planted-secret-5b1c9e"
+
+
+@pytest.fixture(scope="module")
+def tracked(local_ray, tmp_path_factory):
+    """One tracked search over HTTP, with secrets in the driver's environment, for several tests."""
+    folder = tmp_path_factory.mktemp("tracked")
+    server = MlflowServer(folder)
     values = {
         "name": "tracked",
         "train": {"epochs": 3, "batch_size": 128, "device": "cpu"},
@@ -53,11 +63,25 @@ def test_search_logs_nested_runs_over_http(local_ray, tmp_path, mlflow_server):
         "num_samples": 5,
         "seed": 2,
     }
-    spec, run_dir, lines = parse_spec(values), tmp_path / "tracked", []
-    tracker = tracker_for(run_dir, spec, mlflow_server.url)
-    report = run_search(values, spec, run_dir, callbacks=[tracker], out=lines.append)
+    spec, run_dir, lines = parse_spec(values), folder / "tracked", []
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("AWS_SECRET_ACCESS_KEY", PLANTED)
+            env.setenv("RST_TUNE_TEST_TOKEN", PLANTED)
+            tracker = tracker_for(run_dir, spec, server.url)
+            report = run_search(spec, run_dir, callbacks=[tracker], out=lines.append)
+        yield SimpleNamespace(
+            values=values, run_dir=run_dir, report=report, lines=lines, server=server, folder=folder
+        )
+    finally:
+        server.kill()
+
+
+@pytest.mark.slow
+def test_search_logs_nested_runs_over_http(tracked, tmp_path):
+    report, lines = tracked.report, tracked.lines
     assert not [line for line in lines if "not logged" in line or "warning" in line]
-    client = MlflowClient(mlflow_server.url)
+    client = MlflowClient(tracked.server.url)
     parents, children = _children(client, "tracked")
     assert len(parents) == 1 and len(children) == 5
     parent = parents[0]
@@ -85,13 +109,13 @@ def test_search_logs_nested_runs_over_http(local_ray, tmp_path, mlflow_server):
         assert tags["rst.ray_trial_id"] == row.ray_trial_id and run.info.run_name == row.label
         assert run.info.status == status[row.state] and tags["rst.state"] == row.state
         assert tags["rst.pareto"] == str(number in front).lower()
-        assert params["seed"] == str(row.seed) and params["expected_cost"] == str(row.expected_cost)
-        assert params["schedule"] == row.params["schedule"] and params["lr"] == str(row.params["lr"])
-        assert params["grst_weight"] == (
-            str(row.params["grst_weight"]) if row.params["grst_weight.on"] else "off"
+        assert params["train.seed"] == str(row.seed) and params["expected_cost"] == str(row.expected_cost)
+        assert params["train.lr"] == params["lr"] == str(row.params["lr"])
+        assert params["train.grst_weight"] == (
+            str(row.params["grst_weight"]) if row.params["grst_weight.on"] else "None"
         )
-        if params["schedule"] == "constant":
-            assert params["schedule.p"] == str(row.params["schedule.constant.p"])
+        if row.params["schedule"] == "constant":
+            assert params["train.schedule.params.p"] == params["schedule.constant.p"]
         # nothing of Tune's internals; the test part only from a trial that reached its last epoch
         measured = METRICS if row.epochs == row.record.train.epochs else EPOCH_METRICS
         assert set(run.data.metrics) == set(measured) - {"epoch"}
@@ -111,6 +135,59 @@ def test_search_logs_nested_runs_over_http(local_ray, tmp_path, mlflow_server):
             assert "model" not in artifacts
 
 
+@pytest.mark.slow
+def test_a_searched_parameter_has_one_name_from_the_search_file_to_pareto_json(tracked):
+    """Each searched value is named by its path under the search file's `space`, and by that name alone
+    in Optuna, Ray's trial config, MLflow and pareto.json; the settings trained are `train.<path>`."""
+    space = tracked.values["space"]
+    in_file = {"rho", "lr", "grst_weight"} | {
+        f"schedule.{family}.{key}" for family, keys in space["schedule"].items() for key in keys
+    }
+    run_dir = tracked.run_dir
+    study = optuna.load_study(study_name="tracked", storage=f"sqlite:///{run_dir}/optuna.db")
+    ray_configs = {t.trial_id: t.config for t in ExperimentAnalysis(str(run_dir / "trials")).trials}
+    saved = {row["number"]: row for row in json.loads((run_dir / "pareto.json").read_text())["trials"]}
+    _, children = _children(MlflowClient(tracked.server.url), "tracked")
+    assert len(study.trials) == len(saved) == len(children) == 5
+    seen = set()
+    for trial in study.trials:
+        searched, logged = trial.params, children[trial.number].data.params
+        assert set(searched) - {"schedule", "grst_weight.on"} <= in_file
+        assert (
+            ray_configs[trial.user_attrs["ray_trial_id"]]["params"]
+            == saved[trial.number]["params"]
+            == searched
+        )
+        own = {k: v for k, v in logged.items() if not k.startswith("train.") and k != "expected_cost"}
+        assert own == {k: str(v) for k, v in searched.items()}
+        # what was trained: the `train:` section's paths, in MLflow as in pareto.json
+        assert logged["train.rho"] == str(saved[trial.number]["train"]["rho"]) == str(searched["rho"])
+        seen |= set(searched)
+    assert {"rho", "lr", "schedule.constant.p", "grst_weight.on", "grst_weight"} <= seen
+
+
+@pytest.mark.slow
+def test_environment_secrets_are_never_logged(tracked):
+    client = MlflowClient(tracked.server.url)
+    runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert len(runs) == 6
+    for run in runs:
+        logged = (
+            list(run.data.params.values())
+            + list(run.data.tags.values())
+            + list(run.data.params)
+            + list(run.data.tags)
+        )
+        assert not [value for value in logged if PLANTED in value]
+    texts = [
+        p
+        for p in (tracked.folder / "artifacts").rglob("*")
+        if p.suffix in (".json", ".yaml", ".txt", ".csv", ".html")
+    ]
+    assert {"search.yaml", "resolved_search.json", "pareto.json", "pareto.html"} <= {p.name for p in texts}
+    assert not [p for p in texts if PLANTED in p.read_text()]
+
+
 def test_a_dead_tracking_server_does_not_stop_the_search(local_ray, tmp_path, mlflow_server):
     values = {
         "name": "dead",
@@ -127,7 +204,7 @@ def test_a_dead_tracking_server_does_not_stop_the_search(local_ray, tmp_path, ml
             mlflow_server.kill()
 
     report = run_search(
-        values, spec, run_dir, callbacks=[tracker_for(run_dir, spec, mlflow_server.url, out=out)], out=out
+        spec, run_dir, callbacks=[tracker_for(run_dir, spec, mlflow_server.url, out=out)], out=out
     )
     assert len(report.trials) == 4 and all(
         row.state in ("COMPLETE", "FAIL", "PRUNED") for row in report.trials
@@ -170,7 +247,7 @@ def test_rst_tune_ui_shows_the_trial_runs_in_a_browser(local_ray, tmp_path):
         "seed": 6,
     }
     spec, run_dir = parse_spec(values), tmp_path / "browsed"
-    report = run_search(values, spec, run_dir, callbacks=[tracker_for(run_dir, spec)], out=lambda line: None)
+    report = run_search(spec, run_dir, callbacks=[tracker_for(run_dir, spec)], out=lambda line: None)
     port = free_port()
     ui = subprocess.Popen(
         [sys.executable, "-m", "rst_tune.cli", "ui", str(run_dir), "--port", str(port), "--optuna"],

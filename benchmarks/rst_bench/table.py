@@ -198,7 +198,7 @@ def export(problem: Problem, run_dir: Path, attempts_log: Path, out: Path) -> Ta
     identity = problem.identity()
     settings = setting_columns(identity)
     done = [row for row in trial_rows(study) if row.state == "COMPLETE"]
-    plan, _ = read_study(folder.path)
+    plan = read_study(folder.path).raw
     missing = len(plan["configurations"]) * plan["seeds"] - len(done)
     if missing:
         raise TableError(

@@ -2,8 +2,8 @@
 front of accuracy against propagations.
 
     from rst_tune.search import load_spec, run_search
-    values, spec = load_spec("rst_tune/search_spaces/default.yaml")
-    report = run_search(values, spec, "rst_runs/default")
+    spec = load_spec("rst_tune/search_spaces/default.yaml", {"num_samples": 4})
+    report = run_search(spec, "rst_runs/default")
     print(report.table())
 
 Public names: `load_spec`, `parse_spec`, `SearchSpec`, `run_search`, `search_report`, `read_run`,

@@ -84,10 +84,9 @@ class RunFolder:
         self.path.mkdir(parents=True)
         self.spec_file.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
 
-    def read_settings(self, parse: Callable[[Any, str], Settings]) -> tuple[dict[str, Any], Settings]:
-        """The settings the run was started with, and them validated by `parse(values, source)`."""
-        values = yaml.safe_load(self.spec_file.read_text())
-        return values, parse(values, str(self.spec_file))
+    def read_settings(self, parse: Callable[[Any, str], Settings]) -> Settings:
+        """The settings the run was started with, validated by `parse(values, source)`."""
+        return parse(yaml.safe_load(self.spec_file.read_text()), str(self.spec_file))
 
     @property
     def study_url(self) -> str:

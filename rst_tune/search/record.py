@@ -6,7 +6,7 @@ config, to Optuna as user attributes, and back from either; each way has one con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -20,8 +20,11 @@ _PLAIN_FIELDS = ("label", "baseline", "configuration", "seed_index")  # every fi
 @dataclass(frozen=True)
 class TrialRecord:
     """What one trial trains: its whole training config (seed included), a readable label, its
-    baseline name ("SGD", "SAM", "ASAM", or None) and its Optuna trial number. In a study, also the
-    configuration it is a seed of and the index of that seed."""
+    baseline name ("SGD", "SAM", "ASAM", or None) and its Optuna trial number. In a search, also its
+    searched values (`params`) under their one name, which Optuna, Ray, MLflow and pareto.json share:
+    the key's path under the search file's `space` (`rho`, `schedule.linear.tilt`, `grst_weight.on`;
+    `schedule.mean`, p̄, is one parameter for every family). In a study, also the configuration it is
+    a seed of and the index of that seed."""
 
     train: TrainConfig
     label: str
@@ -30,6 +33,7 @@ class TrialRecord:
     configuration: str | None = None
     seed_index: int | None = None
     source_trial: int | None = None  # in a search's confirmation: the search trial it trains again
+    params: dict[str, Any] = field(default_factory=dict)  # a search's: Optuna's params of the trial
 
     @property
     def expected_cost(self) -> float:
@@ -43,6 +47,7 @@ class TrialRecord:
             "expected_cost": self.expected_cost,
             "optuna_trial": self.optuna_trial,
             "source_trial": self.source_trial,
+            "params": self.params,
             **{name: getattr(self, name) for name in _PLAIN_FIELDS},
         }
 
@@ -52,11 +57,12 @@ class TrialRecord:
             load_config(config["train"]),
             optuna_trial=config["optuna_trial"],
             source_trial=config.get("source_trial"),
+            params=config.get("params", {}),
             **{name: config[name] for name in _PLAIN_FIELDS},
         )
 
     def to_user_attrs(self) -> dict[str, Any]:
-        """The Optuna user attributes (the trial number is Optuna's own)."""
+        """The Optuna user attributes (the trial number and params are Optuna's own)."""
         return {
             "train": self.train.model_dump(),
             "expected_cost": self.expected_cost,
@@ -66,11 +72,12 @@ class TrialRecord:
         }
 
     @classmethod
-    def from_user_attrs(cls, number: int, attrs: dict[str, Any]) -> TrialRecord:
+    def from_user_attrs(cls, number: int, attrs: dict[str, Any], params: dict[str, Any]) -> TrialRecord:
         return cls(
             load_config(attrs["train"]),
             optuna_trial=number,
             source_trial=attrs.get("source_trial"),  # absent from trials recorded before 2026-12-06
+            params=params,
             **{name: attrs[name] for name in _PLAIN_FIELDS},
         )
 
@@ -99,7 +106,7 @@ class TrialRow:
             )
         # a driver killed while writing a record leaves part of it: the trial counts as never configured
         configured = all(name in attrs for name in ("train", *_PLAIN_FIELDS))
-        record = TrialRecord.from_user_attrs(trial.number, attrs) if configured else None
+        record = TrialRecord.from_user_attrs(trial.number, attrs, trial.params) if configured else None
         metrics = EpochMetrics.from_mapping(attrs) if all(name in attrs for name in EPOCH_METRICS) else None
         return cls(
             trial.number,
@@ -183,6 +190,7 @@ class TrialRow:
             "ray_trial_id": self.ray_trial_id,
             "reason": self.reason,
             "params": self.params,
+            "train": self.record.train.model_dump() if self.record else None,
             "configuration": self.configuration,
         }
 

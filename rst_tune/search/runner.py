@@ -126,14 +126,14 @@ def _tuner(
     )
 
 
-def runtime_env(spec: RunSettings, values: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's `runtime_env`, else `code_runtime_env(values)`."""
-    return spec.runtime_env if spec.runtime_env is not None else code_runtime_env(values)
+def runtime_env(settings: RunSettings) -> dict[str, Any] | None:
+    """The run's `runtime_env`, else `code_runtime_env` of its raw values."""
+    return settings.runtime_env if settings.runtime_env is not None else code_runtime_env(settings.raw)
 
 
 def run_trials(
     plan: RunPlan,
-    values: dict[str, Any],
+    settings: RunSettings,
     folder: RunFolder,
     *,
     address: str | None,
@@ -142,18 +142,18 @@ def run_trials(
     out: Callable[[str], None],
 ) -> Report:
     """Run (or with `resume`, continue) `plan.spec.num_samples` trials in `folder`, which keeps
-    `values`; returns the report `plan.report` writes there at the end, after the callbacks have it."""
+    `settings.raw`; returns the report `plan.report` writes there at the end, after the callbacks have it."""
     start, spec = time.perf_counter(), plan.spec
     restorable = resume and tune.Tuner.can_restore(folder.experiment_path(spec.storage))
     # save the experiment state often: resume loses little
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # progress is ours: one line per trial
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial's reason is in its line
-    connect(address, runtime_env(spec, values))
+    connect(address, runtime_env(settings))
     if spans_machines(ray.nodes(), ray.util.get_node_ip_address()):
         check_shared(spec.storage or str(folder.path))
     if not resume:
-        folder.save_settings(values)
+        folder.save_settings(settings.raw)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = folder.study_storage()
     if resume and optuna.get_all_study_names(storage):
@@ -200,7 +200,6 @@ def ended(rows: Sequence[TrialRow]) -> int:
 
 
 def run_search(
-    values: dict[str, Any],
     spec: SearchSpec,
     run_dir: str | Path,
     *,
@@ -210,7 +209,7 @@ def run_search(
     out: Callable[[str], None] = print,
 ) -> ParetoReport:
     """Run (or with `resume`, continue) the search `spec` in `run_dir`; returns its Pareto report.
-    `values` are the spec's raw settings, saved so that the run can be resumed. `callbacks` (e.g.
+    The spec's raw values (`spec.raw`) are saved so that the run can be resumed. `callbacks` (e.g.
     `rst_tune.tracking.tracker_for(...)`) follow it; on resume Ray brings back the ones it started with."""
     points_to_evaluate(spec)  # bad points are config errors: raise them before anything starts
     header = (
@@ -221,7 +220,7 @@ def run_search(
     plan = RunPlan(spec, DefineByRun(spec), header, search_report)
     return run_trials(
         plan,
-        values,
+        spec,
         RunFolder(Path(run_dir), "search"),
         address=address,
         resume=resume,
@@ -230,8 +229,8 @@ def run_search(
     )
 
 
-def read_run(run_dir: str | Path) -> tuple[dict[str, Any], SearchSpec]:
-    """The settings a search was started with, and them validated."""
+def read_run(run_dir: str | Path) -> SearchSpec:
+    """The settings a search was started with, validated (their raw values are `.raw`)."""
     return RunFolder.existing(run_dir, "search").read_settings(parse_spec)
 
 
@@ -240,7 +239,7 @@ def read_search_report(run_dir: str | Path, cost: str | None = None) -> ParetoRe
     if cost is not None and cost not in COSTS:
         raise ConfigError(f"--cost {cost}: choose one of {', '.join(COSTS)}")
     folder = RunFolder.existing(run_dir, "search")
-    _, spec = folder.read_settings(parse_spec)
+    spec = folder.read_settings(parse_spec)
     study = optuna.load_study(study_name=spec.name, storage=folder.study_storage())
     return build_report(study, spec.objective, spec.budget, CostAxis.of(spec, cost, study.user_attrs))
 

@@ -23,9 +23,13 @@ class Resources(Strict):
     """What one trial holds: `workers` data-parallel processes (1: the trial's own process), each with
     `cpu` CPUs and `gpu` GPUs (a fraction shares one)."""
 
-    workers: int = Field(1, ge=1)
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    workers: int = Field(
+        1, ge=1, description="data-parallel processes per trial (1: the trial's own process)"
+    )
+    cpu: float = Field(1.0, gt=0, description="CPUs per worker")
+    gpu: float = Field(
+        0.0, ge=0, description="GPUs per worker; a fraction shares a GPU between trials (workers: 1 only)"
+    )
 
     @model_validator(mode="after")
     def _one_gpu_per_rank(self) -> Resources:
@@ -56,11 +60,22 @@ class RunSettings(Strict):
 
     kind: ClassVar[str]  # the run it describes: "search" or "study"
 
-    name: str = Field("search", pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""
-    train: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
-    max_concurrent: int = Field(2, ge=1)
+    name: str = Field(
+        "search",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the run's name: its folder under the results directory (-2, -3, ... when taken) "
+        "and its MLflow experiment",
+    )
+    description: str = Field("", description="free text saying what the run is for, kept with its settings")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="the fixed training settings: keys of TrainConfig"
+    )
+    seed: int = Field(
+        0,
+        description="a search's seed (its sampler's and every trial's training seed, recorded per trial); "
+        "a study's first: seed k trains with seed + k",
+    )
+    max_concurrent: int = Field(2, ge=1, description="trials running at once")
     reuse_actors: bool = Field(True, description="run trials one after another in the same worker process")
     max_failures: int = Field(
         1, ge=0, description="restarts of a trial whose worker died, from its last checkpoint"
@@ -69,7 +84,7 @@ class RunSettings(Strict):
         None,
         description="where Ray keeps trials and checkpoints: a path, s3://, gs://; default the run folder",
     )
-    resources: Resources = Field(default_factory=Resources)
+    resources: Resources = Field(default_factory=Resources, description="what one trial holds")
     runtime_env: dict[str, Any] | None = Field(
         None,
         description="Ray's runtime_env for the trials, e.g. {py_modules: [./my_package]} to ship user code "
@@ -151,9 +166,9 @@ def _line_index(text: str) -> Lines:
 
 def load_settings(
     model: type[Settings], path: str | Path, overrides: dict[str, Any] | None = None
-) -> tuple[dict[str, Any], Settings]:
+) -> Settings:
     """Read and validate a YAML file into `model`; `overrides` (e.g. from CLI flags) win, `train`
-    merged key by key. Returns the merged settings (to save with the run) and the validated model."""
+    merged key by key. The merged values (to save with the run) are the model's `.raw`."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -169,4 +184,4 @@ def load_settings(
             **{k: v for k, v in overrides.items() if k != "train"},
             "train": {**(values.get("train") or {}), **overrides.get("train", {})},
         }
-    return values, parse_settings(model, values, str(path), lines)
+    return parse_settings(model, values, str(path), lines)

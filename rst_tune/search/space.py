@@ -112,7 +112,9 @@ class DefineByRun:
                 overrides[key] = _suggest(trial, key, dim)
         config = trial_config(self.spec, overrides, trial_seed(self.spec.seed, trial.number))
         searched = set(self.spec.dimensions) | ({"schedule"} if self.spec.schedule else set())
-        return TrialRecord(config, describe(config, searched), trial.number, baseline_name(config))
+        return TrialRecord(
+            config, describe(config, searched), trial.number, baseline_name(config), params=dict(trial.params)
+        )
 
 
 class _RandomTrial:

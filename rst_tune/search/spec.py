@@ -30,13 +30,13 @@ class Dimension(Strict):
     """One searched value: a range (`low`, `high`, optional `log`, `step`, `type: int`) or `choices`.
     `optional: true` adds "off" (None), e.g. plain RST for `grst_weight`."""
 
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = Field(None, gt=0)
-    type: Literal["float", "int"] = "float"
-    choices: list[Any] | None = None
-    optional: bool = False
+    low: float | None = Field(None, description="the range's lower end")
+    high: float | None = Field(None, description="the range's upper end")
+    log: bool = Field(False, description="draw on a log scale (low > 0)")
+    step: float | None = Field(None, gt=0, description="draw on a grid of this step from low")
+    type: Literal["float", "int"] = Field("float", description="int: whole numbers only")
+    choices: list[Any] | None = Field(None, description="the values to choose from, instead of a range")
+    optional: bool = Field(False, description="also draw off (null), e.g. plain RST for grst_weight")
 
     @model_validator(mode="after")
     def _consistent(self) -> Dimension:
@@ -120,7 +120,11 @@ class MethodFamily(Strict):
 
 
 class Sampler(Strict):
-    name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    name: Literal[SAMPLERS] = Field(  # type: ignore[valid-type]
+        "tpe",
+        description="Optuna's sampler, seeded by seed; known_cost models val_accuracy alone and prices "
+        "each proposal by its known cost",
+    )
     startup_trials: int | None = Field(
         None, ge=0, description="complete trials before TPE, GP or known_cost model the space"
     )
@@ -132,7 +136,11 @@ class Sampler(Strict):
 
 
 class EarlyStopping(Strict):
-    rule: Literal["none", "asha", "pareto_fair", "hypervolume"] = "none"
+    rule: Literal["none", "asha", "pareto_fair", "hypervolume"] = Field(
+        "none",
+        description="hypervolume: stop a trial that can no longer add to the front at its own cost; "
+        "pareto_fair: one beaten by cheaper trials at the same epoch; asha: Ray's ASHA (scalar objectives)",
+    )
     grace_epochs: int = Field(1, ge=1, description="no trial is stopped before this many epochs")
     reduction_factor: float = Field(3.0, gt=1, description="asha only")
     min_dominating: int = Field(
@@ -171,10 +179,23 @@ class SearchSpec(RunSettings):
 
     kind: ClassVar[str] = "search"
 
-    space: dict[str, Any] = Field(default_factory=dict)
-    objective: Literal[tuple(OBJECTIVES)] = "pareto"  # type: ignore[valid-type]
-    cost: Literal[COSTS] = "propagations"  # type: ignore[valid-type]
-    confirm: Confirm = Field(default_factory=Confirm)
+    space: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what is searched: schedule (families and their parameters), method (methods and "
+        "their parameters) and any TrainConfig key, each a fixed value or a dimension",
+    )
+    objective: Literal[tuple(OBJECTIVES)] = Field(  # type: ignore[valid-type]
+        "pareto",
+        description="pareto: val_accuracy against cost; acc_per_prop: val_accuracy / cost_ratio; "
+        "accuracy_under_budget: val_accuracy at cost ≤ budget",
+    )
+    cost: Literal[COSTS] = Field(  # type: ignore[valid-type]
+        "propagations",
+        description="the front's cost axis: propagations, or device_seconds (training wall time × devices)",
+    )
+    confirm: Confirm = Field(
+        default_factory=Confirm, description="the front trained again with fresh seeds after the search"
+    )
     budget: float | None = Field(
         None,
         ge=1.0,
@@ -182,11 +203,15 @@ class SearchSpec(RunSettings):
         description="accuracy_under_budget: the largest cost allowed, compute over SGD's at train's "
         "epochs and batch size (rst_tune.search.cost_axis: SGD 1, SAM 2)",
     )
-    sampler: Sampler = Field(default_factory=Sampler)
-    num_samples: int = Field(12, ge=1)
-    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    sampler: Sampler = Field(default_factory=Sampler, description="how the trials are chosen")
+    num_samples: int = Field(12, ge=1, description="trials, the baselines and points_to_evaluate among them")
+    early_stopping: EarlyStopping = Field(
+        default_factory=EarlyStopping, description="when a trial stops before its last epoch"
+    )
     baselines: bool = Field(True, description="evaluate SGD (p = 0) and SAM (p = 1) first")
-    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+    points_to_evaluate: list[dict[str, Any]] = Field(
+        default_factory=list, description="training settings to try first, after the baselines"
+    )
 
     _schedule: dict[str, ScheduleFamily] = PrivateAttr(default_factory=dict)
     _method: dict[str, MethodFamily] = PrivateAttr(default_factory=dict)
@@ -462,7 +487,7 @@ def parse_spec(values: Any, source: str = "search space", lines: Lines | None = 
     return parse_settings(SearchSpec, values, source, lines)
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], SearchSpec]:
-    """Read and validate a search-space YAML file; `overrides` (e.g. from CLI flags) win. Returns the
-    merged settings (to save with the run) and the validated spec."""
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpec:
+    """Read and validate a search-space YAML file; `overrides` (e.g. from CLI flags) win. The merged
+    values, saved with the run, are the spec's `.raw`."""
     return load_settings(SearchSpec, path, overrides)

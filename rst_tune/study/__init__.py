@@ -1,8 +1,8 @@
 """Studies: fixed configurations × seeds, run like a search, summarised with error bars and tests.
 
     from rst_tune.study import load_study, run_study
-    values, spec = load_study("rst_tune/search_spaces/study_label_noise.yaml")
-    report = run_study(values, spec, "rst_runs/study_label_noise")
+    spec = load_study("rst_tune/search_spaces/study_label_noise.yaml", {"seeds": 3})
+    report = run_study(spec, "rst_runs/study_label_noise")
     print(report.table())
 
 Public names: `load_study`, `parse_study`, `StudySpec`, `run_study`, `study_report`, `read_study`,

@@ -121,24 +121,21 @@ def run_confirmation(
     folder = search.confirmation()
     begun = folder.spec_file.is_file()
     if begun:
-        values, study = folder.read_settings(parse_study)
+        study = folder.read_settings(parse_study)
     else:
-        _, spec = search.read_settings(parse_spec)
+        spec = search.read_settings(parse_spec)
         report = read_search_report(search.path)
         rows = candidates(report, spec.confirm.margin, spec.confirm.max_points)
         if not rows:
             out("nothing to confirm: no trial of the search trained every epoch")
             return confirmed_report(search.path)
         used = {row.seed for row in report.trials if row.seed is not None}
-        values = confirmation_settings(spec, rows, used)
-        study = parse_study(values, str(folder.spec_file))
+        study = parse_study(confirmation_settings(spec, rows, used), str(folder.spec_file))
     seeds = f"{study.seeds} fresh seeds each"
     if study.sequential:
         seeds = f"{MIN_SEEDS} to {study.seeds} fresh seeds each, more only where undecided"
     out(f"confirming {len(study.configurations)} points of the front with {seeds}")
-    run_study(
-        values, study, folder.path, address=address, resume=begun, callbacks=track(folder, study), out=out
-    )
+    run_study(study, folder.path, address=address, resume=begun, callbacks=track(folder, study), out=out)
     return confirmed_report(search.path)
 
 
@@ -149,7 +146,7 @@ def confirmed_report(search_dir: str | Path, cost: str | None = None) -> ParetoR
     report = read_search_report(search.path, cost)
     folder = search.confirmation()
     if folder.spec_file.is_file():
-        _, study = folder.read_settings(parse_study)
+        study = folder.read_settings(parse_study)
         storage = folder.study_storage()
         if study.name in optuna.get_all_study_names(storage):  # not before its first trial was asked
             rows = trial_rows(optuna.load_study(study_name=study.name, storage=storage))

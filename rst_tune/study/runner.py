@@ -74,13 +74,12 @@ class StudyPlan:
         )
 
 
-def read_study(run_dir: str | Path) -> tuple[dict[str, Any], StudySpec]:
-    """The settings a study was started with, and them validated."""
+def read_study(run_dir: str | Path) -> StudySpec:
+    """The settings a study was started with, validated (their raw values are `.raw`)."""
     return RunFolder.existing(run_dir, "study").read_settings(parse_study)
 
 
 def run_study(
-    values: dict[str, Any],
     spec: StudySpec,
     run_dir: str | Path,
     *,
@@ -101,7 +100,7 @@ def run_study(
         plan = replace(plan, more=study_plan.more, finished=study_plan.finished)
     return run_trials(
         plan,
-        values,
+        spec,
         RunFolder(Path(run_dir), "study"),
         address=address,
         resume=resume,
@@ -113,7 +112,7 @@ def run_study(
 def study_report(run_dir: str | Path) -> StudyReport:
     """Build the report of a study run from its Optuna study and write its files there."""
     folder = RunFolder.existing(run_dir, "study")
-    _, spec = folder.read_settings(parse_study)
+    spec = folder.read_settings(parse_study)
     report = build_study_report(optuna.load_study(study_name=spec.name, storage=folder.study_storage()), spec)
     write_study_report(report, folder.path)
     return report

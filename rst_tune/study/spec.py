@@ -30,8 +30,17 @@ class StudySpec(RunSettings):
 
     kind: ClassVar[str] = "study"
 
-    name: str = Field("study", pattern=r"^[A-Za-z0-9_.-]+$")
-    configurations: list[dict[str, Any]] = Field(min_length=1)
+    name: str = Field(
+        "study",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the run's name: its folder under the results directory (-2, -3, ... when taken) "
+        "and its MLflow experiment",
+    )
+    configurations: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="each a mapping of training settings that override train, with an optional label "
+        "(default: SGD, SAM or the settings in words)",
+    )
     seeds: int = Field(5, ge=2, description="seeds per configuration (at least 2 for a standard deviation)")
     sequential: bool = Field(
         False,
@@ -163,7 +172,7 @@ def parse_study(values: Any, source: str = "study", lines: Lines | None = None) 
     return parse_settings(StudySpec, values, source, lines)
 
 
-def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], StudySpec]:
-    """Read and validate a study YAML file; `overrides` (e.g. --seeds, --epochs) win. Returns the merged
-    settings (to save with the run) and the validated spec."""
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Read and validate a study YAML file; `overrides` (e.g. --seeds, --epochs) win. The merged
+    values, saved with the run, are the spec's `.raw`."""
     return load_settings(StudySpec, path, overrides)

@@ -1,7 +1,7 @@
 """MLflow tracking of a search or study from the driver: a parent run per run, a nested run per trial.
 
     from rst_tune.tracking import tracker_for
-    run_search(values, spec, run_dir, callbacks=[tracker_for(run_dir, spec)])
+    run_search(spec, run_dir, callbacks=[tracker_for(run_dir, spec)])
 
 Public names: `tracker_for`, `RunTracker`, `TrackingRecord`, `log_report_files`. Everything else is private.
 """

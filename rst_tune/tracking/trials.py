@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mlflow.entities import RunTag
 
 from rst_tune.config import method_reads
-from rst_tune.methods import METHODS
 from rst_tune.search.record import TrialRecord
 from rst_tune.tracking.client import FAILED, GuardedClient
 from rst_tune.train import EPOCH_METRICS, METRICS, EpochMetrics
@@ -14,24 +15,31 @@ STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # Optun
 
 
 def flat_params(record: TrialRecord) -> dict[str, str]:
-    """A trial's settings with plain names: `method`, `method.k`, `schedule`, `schedule.p`, `rho`,
-    `grst_weight`, ... (the schedule's keys only for the methods that draw from one)."""
-    train, method = record.train.model_dump(), record.train.method
-    drawn = METHODS[method.name].uses_schedule
-    params = {
-        "method": method.name,
-        **{f"method.{k}": v for k, v in method.settings().items()},
-        **({"schedule": train["schedule"]["name"]} if drawn else {}),
-        **{f"schedule.{k}": v for k, v in train["schedule"]["params"].items() if drawn},
-        **{f"model_params.{k}": v for k, v in train["model_params"].items()},
-        **{
-            k: ("off" if k == "grst_weight" and v is None else v)
-            for k, v in train.items()
-            if k not in ("method", "schedule", "model_params") and method_reads(method.name, k)
-        },
-        "expected_cost": record.expected_cost,
+    """A trial's MLflow parameters, named as in its search file: its searched values as Optuna and
+    pareto.json name them (`TrialRecord.params`: `rho`, `schedule.linear.tilt`, `grst_weight.on`), and
+    the training settings its method reads at their path in a `train:` section (`train.rho`,
+    `train.schedule.params.p_start`, `train.method.params.k`), the method's own defaults filled in."""
+    method = record.train.method.name
+    train = {
+        **{k: v for k, v in record.train.model_dump().items() if method_reads(method, k)},
+        "method": {"name": method, "params": record.train.method.settings()},
     }
-    return {k: str(v) for k, v in params.items()}
+    return {
+        **{k: str(v) for k, v in record.params.items()},
+        **{f"train.{k}": str(v) for k, v in _dotted(train).items()},
+        "expected_cost": str(record.expected_cost),
+    }
+
+
+def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one, their keys joined by dots; an empty mapping is left out."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def set_status(mlflow: GuardedClient, run_id: str, state: str, reason: str | None) -> None:
