@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rst_tune._imports import one_line
 from rst_tune.config import load_config
-from rst_tune.imports import one_line
 from rst_tune.models import build_model
 from rst_tune.schedules import make_schedule
 from rst_tune.sharpness import RandomizedSAM

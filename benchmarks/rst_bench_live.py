@@ -24,9 +24,9 @@ from rst_bench.replay import Lookup
 from rst_bench.table import load_table
 
 from rst_tune.search import read_run
-from rst_tune.search.folder import RunFolder
-from rst_tune.search.record import trial_rows
-from rst_tune.study.confirm import confirmed_report
+from rst_tune.search._folder import RunFolder
+from rst_tune.search._record import trial_rows
+from rst_tune.study._confirm import confirmed_report
 
 RESULTS = Path(__file__).resolve().parent / "rst_bench" / "results"
 

@@ -7,7 +7,7 @@ run the engine's device setup: on CUDA bf16 autocast, channels_last inputs, cuDN
 fused SGD (the plain loop copies the engine's SGD settings); on the CPU fp32. Each round times
 `--steps` steps of every variant in a shuffled order, so drift of a shared machine hits all of them
 alike; ratios are taken within a round and the median over rounds is reported. The ideal ratio of a
-variant is its pass count in that round (`rst_tune.cost`: 1 + its realised SAM fraction, plus 1/3 per
+variant is its pass count in that round (`rst_tune._cost`: 1 + its realised SAM fraction, plus 1/3 per
 EMA forward for MESA).
 
     python benchmarks/step_cost.py                      # CPU, and CUDA when present

@@ -29,13 +29,13 @@ import optuna
 
 from rst_tune.config import ConfigError
 from rst_tune.search import load_spec, read_run, run_search
-from rst_tune.search.folder import RunFolder
-from rst_tune.search.pareto import ParetoReport
-from rst_tune.search.runner import Report, RunCallback, ended
-from rst_tune.search.settings import RunSettings
-from rst_tune.search.space import summary as search_summary
+from rst_tune.search._folder import RunFolder
+from rst_tune.search._pareto import ParetoReport
+from rst_tune.search._runner import Report, RunCallback, ended
+from rst_tune.search._settings import RunSettings
+from rst_tune.search._space import summary as search_summary
 from rst_tune.study import StudyReport, StudySpec, load_study, read_study, run_study
-from rst_tune.study.confirm import run_confirmation
+from rst_tune.study._confirm import run_confirmation
 
 __all__ = ["RunCallback", "check", "find_file", "load", "run", "search", "study"]
 

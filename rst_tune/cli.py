@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_on_workers(config: TrainConfig, workers: int, args: argparse.Namespace) -> int:
-    from rst_tune.search.parallel import train_on_workers
+    from rst_tune.search._parallel import train_on_workers
     from rst_tune.train import preflight
 
     preflight(config)
@@ -221,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from rst_tune.ui import serve
+    from rst_tune._ui import serve
 
     return serve(args.run_dir, args.results_dir, host=args.host, port=args.port, optuna=args.optuna)
 
@@ -241,7 +241,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_pareto(args: argparse.Namespace) -> int:
     import json
 
-    from rst_tune.study.confirm import confirmed_report
+    from rst_tune.study._confirm import confirmed_report
 
     report = confirmed_report(args.run_dir, cost=args.cost)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())

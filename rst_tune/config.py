@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rst_tune._imports import is_import_path, resolve
 from rst_tune.data import DATASET_PARAMS, DATASETS, DEFAULT_DATA_DIR, gives_validation
-from rst_tune.imports import is_import_path, resolve
 from rst_tune.methods import METHODS, MethodError, check_method, describe, expected_cost
-from rst_tune.models import check_model_name
-from rst_tune.schedules import Schedule, make_schedule
+from rst_tune.models import MODELS, check_model_name
+from rst_tune.schedules import ALIASES, SCHEDULES, Schedule, make_schedule
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,16 @@ class ConfigError(ValueError):
 class ScheduleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "constant"
-    params: dict[str, float] = Field(default_factory=lambda: {"p": 0.5})
+    name: str = Field(
+        "constant",
+        description=f"a schedule family ({', '.join(SCHEDULES)}) or one of the authors' names for them "
+        f"({', '.join(ALIASES)})",
+    )
+    params: dict[str, float] = Field(
+        default_factory=lambda: {"p": 0.5},
+        description="the family's parameters by name, e.g. {p: 0.5} for constant, {switch: 0.5} for "
+        "step_up, {p_start: 0.2, p_end: 0.8} for linear",
+    )
 
     @model_validator(mode="after")
     def _builds(self) -> ScheduleConfig:
@@ -79,8 +87,12 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "rst"
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field("rst", description=f"a method of the table ({', '.join(METHODS)}; `rst-tune methods`)")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the method's own parameters by name (e.g. {k: 5} for looksam); those not given keep "
+        "their defaults",
+    )
 
     @model_validator(mode="after")
     def _builds(self) -> MethodConfig:
@@ -100,42 +112,111 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: str = "digits"  # a built-in name (DATASETS) or "package.module:function"
-    dataset_params: dict[str, Any] = Field(default_factory=dict)
-    data_dir: str = DEFAULT_DATA_DIR
-    download: bool = False
-    label_noise: float = Field(0.0, ge=0.0, le=1.0)
-    val_size: int | None = Field(None, ge=0)  # held out of training; None: the dataset's default
-    test_every_epoch: bool = False  # else the test part is evaluated at the last epoch only
-    loader_workers: int = Field(2, ge=0)  # processes reading a streamed dataset (0: the training one)
-    model: str = "digits_cnn"  # a built-in name, "torchvision:NAME" or "package.module:function"
-    model_params: dict[str, Any] = Field(default_factory=dict)
+    dataset: str = Field(
+        "digits",
+        description=f"a built-in dataset ({', '.join(DATASETS)}) or `package.module:function`, called with "
+        "dataset_params, returning the train, val and (optional) test parts",
+    )
+    dataset_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of the dataset; a built-in one takes only its own ("
+        + "; ".join(f"{name}: {', '.join(keys)}" for name, keys in DATASET_PARAMS.items())
+        + "; the others none)",
+    )
+    data_dir: str = Field(
+        DEFAULT_DATA_DIR,
+        description="where cifar10, cifar100 and image folders are read from (default "
+        "~/.cache/rst-tune/data, or $RST_TUNE_DATA)",
+    )
+    download: bool = Field(False, description="fetch cifar10 or cifar100 into data_dir when missing")
+    label_noise: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="the share of training labels replaced by another class (validation and test stay clean)",
+    )
+    val_size: int | None = Field(
+        None,
+        ge=0,
+        description="items held out of training for validation, by a stratified split with a fixed seed; "
+        "null: the dataset's default (a search refuses 0, a study may use it to train on everything)",
+    )
+    test_every_epoch: bool = Field(
+        False, description="evaluate the test part every epoch; else at the last epoch only"
+    )
+    loader_workers: int = Field(
+        2, ge=0, description="processes reading a streamed dataset (0: the training process)"
+    )
+    model: str = Field(
+        "digits_cnn",
+        description=f"a built-in model ({', '.join(MODELS)}), `torchvision:NAME`, `timm:NAME` or "
+        "`package.module:function`, called with num_classes, input_shape and model_params",
+    )
+    model_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of the model (e.g. wrn's depth and width, a torchvision model's "
+        "weights)",
+    )
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(1024, ge=1)
-    lr: float = Field(0.05, gt=0.0)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0.0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    grad_clip: float | None = Field(None, gt=0.0)
+    epochs: int = Field(10, ge=1, description="passes over the training part")
+    batch_size: int = Field(
+        64, ge=1, description="examples per step; with workers, the global batch, which they share"
+    )
+    eval_batch_size: int = Field(1024, ge=1, description="examples per batch when evaluating")
+    lr: float = Field(0.05, gt=0.0, description="the learning rate of the base optimizer (SGD)")
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="cosine: annealed to 0 over every step of the run; constant: lr throughout"
+    )
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD's momentum")
+    nesterov: bool = Field(True, description="Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = Field(
+        5e-4, ge=0.0, description="added by the base optimizer after clipping: neither clipped nor perturbed"
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing of the cross-entropy")
+    grad_clip: float | None = Field(
+        None,
+        gt=0.0,
+        description="the largest norm of the mixed gradient (1 − α)·g1 + α·g2; null: no clipping",
+    )
 
-    method: MethodConfig = Field(default_factory=MethodConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    rho: float = Field(0.05, ge=0.0)
-    adaptive: bool = False
-    grst_weight: float | None = Field(None, ge=0.0)
-    alpha_max: float = Field(4.0, gt=0.0)
+    method: MethodConfig = Field(
+        default_factory=MethodConfig, description="the sharpness-aware method and its own parameters"
+    )
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig,
+        description="p(t), the probability of a sharpness-aware step at training progress t; read by the "
+        "methods that draw from a schedule (rst, deterministic)",
+    )
+    rho: float = Field(0.05, ge=0.0, description="the radius ρ of the sharpness-aware perturbation")
+    adaptive: bool = Field(False, description="ASAM: the perturbation scaled by the weights' magnitudes")
+    grst_weight: float | None = Field(
+        None,
+        ge=0.0,
+        description="G-RST's weight λ: a sharpness-aware step uses (1 − α)·g1 + α·g2 with "
+        "α = min(λ / p(t), alpha_max); null: plain RST",
+    )
+    alpha_max: float = Field(4.0, gt=0.0, description="the largest α G-RST may use")
 
-    seed: int = 0
-    device: str = "auto"
-    # bf16 on GPUs that have it; fp16 scales the loss (GradScaler: one host synchronisation a step)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False  # image batches (N, C, H, W) only
-    compile: bool = False
-    sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch, not per rank
+    seed: int = Field(
+        0, description="the training seed: initial weights, data order, label noise, coins and dropout"
+    )
+    device: str = Field(
+        "auto", description="auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:N or mps"
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="fp32; bf16 under autocast (on GPUs that have it); fp16 under autocast with a scaled "
+        "loss (GradScaler: one host synchronisation a step)",
+    )
+    channels_last: bool = Field(
+        False, description="channels-last memory format; image batches (N, C, H, W) only"
+    )
+    compile: bool = Field(False, description="torch.compile the model")
+    sync_bn: bool = Field(
+        False,
+        description="data-parallel runs: BatchNorm statistics over the global batch, not per rank "
+        "(SyncBatchNorm; GPUs only)",
+    )
 
     @field_validator("dataset")
     @classmethod

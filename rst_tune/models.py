@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rst_tune.imports import is_import_path, one_line, resolve
+from rst_tune._imports import is_import_path, one_line, resolve
 
 MODELS = ("digits_cnn", "mnist1d_cnn", "resnet18", "wrn", "pyramidnet", "vit")
 """The built-in models; "torchvision:NAME" and "package.module:function" name the others."""

@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rst_tune.cost import FORWARD_COST, pass_cost
+from rst_tune._cost import FORWARD_COST, pass_cost
 
 # the CPU generator's state and that of each accelerator holding parameters, by device
 _GeneratorStates = tuple[torch.Tensor, dict[torch.device, torch.Tensor]]
@@ -121,7 +121,7 @@ class RandomizedSAM(torch.optim.Optimizer):
     `max_grad_norm` clips the final gradient; `grad_scaler` (fp16) unscales it once before the
     base step, which it then takes (and skips on overflow). `alpha_max` bounds the G-RST α.
     `rule` decides instead of a `Coin` on `schedule`; `reuse` is a `Reuse` strategy (neither with G-RST).
-    Counts: `forwards` and `backwards` passes, `propagations` their cost (`rst_tune.cost`).
+    Counts: `forwards` and `backwards` passes, `propagations` their cost (`rst_tune._cost`).
 
     Clipping applies to the mixed gradient (1 − α)·g1 + α·g2 as a whole. Weight decay belongs to the
     base optimizer, which adds it after clipping: it neither enters the perturbation nor is clipped.
@@ -188,7 +188,7 @@ class RandomizedSAM(torch.optim.Optimizer):
 
     @property
     def propagations(self) -> float:
-        """The passes run so far, weighed (`rst_tune.cost`): steps + sharpness-aware steps, plus 1/3
+        """The passes run so far, weighed (`rst_tune._cost`): steps + sharpness-aware steps, plus 1/3
         per forward-only pass a method adds (`count_forward`)."""
         return pass_cost(self.forwards, self.backwards)
 

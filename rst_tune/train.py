@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from rst_tune._imports import one_line
 from rst_tune.config import EXECUTION_KEYS, ConfigError, TrainConfig
 from rst_tune.data import Splits, load_dataset
-from rst_tune.imports import one_line
 from rst_tune.methods import build_method
 from rst_tune.models import build_model
 from rst_tune.sharpness import RandomizedSAM
@@ -38,7 +38,7 @@ from rst_tune.sharpness import RandomizedSAM
 class EpochMetrics(Mapping[str, float]):
     """What one epoch of a run measured. Counts are cumulative over the run: `steps` optimizer steps,
     `sam_steps` of them sharpness-aware, `propagations` the cost of the passes run, in SGD steps
-    (`rst_tune.cost`: a forward-backward pair 1, a forward-only pass 1/3; SGD 1 per step, SAM 2, MESA 4/3),
+    (`rst_tune._cost`: a forward-backward pair 1, a forward-only pass 1/3; SGD 1 per step, SAM 2, MESA 4/3),
     `expected_propagations` their expectation Σ (1 + p(t)) (where a method knows no p(t) beforehand,
     AE-SAM, the realised count). `cost_ratio` is propagations per step, `acc_per_prop` val_accuracy /
     cost_ratio, `grst_degree` the mean over steps of p(t)·α_t, the sharpness regularisation applied in

@@ -166,7 +166,7 @@ def confirmation_row(number, configuration, seed_index, val, propagations, state
     """A confirmation trial as the study records it (only what the rules read is real); a trial not
     COMPLETE has no metrics."""
     from rst_tune.config import load_config
-    from rst_tune.search.record import TrialRecord, TrialRow
+    from rst_tune.search._record import TrialRecord, TrialRow
     from rst_tune.train import EpochMetrics
 
     record = TrialRecord(

@@ -17,12 +17,12 @@ from scipy import stats as scipy_stats
 
 from rst_tune.config import ConfigError
 from rst_tune.search import parse_spec, read_run, run_search
-from rst_tune.search.record import trial_rows
-from rst_tune.search.runner import read_search_report
-from rst_tune.study.confirm import candidates, confirmation_settings, confirmed_points
-from rst_tune.study.sequential import DONE, next_seed
-from rst_tune.study.spec import parse_study
-from rst_tune.study.stats import paired
+from rst_tune.search._record import trial_rows
+from rst_tune.search._runner import read_search_report
+from rst_tune.study._confirm import candidates, confirmation_settings, confirmed_points
+from rst_tune.study._sequential import DONE, next_seed
+from rst_tune.study._spec import parse_study
+from rst_tune.study._stats import paired
 
 SPACE = {
     "schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}}},

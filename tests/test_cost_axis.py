@@ -12,15 +12,15 @@ from ray.tune.experiment import Trial
 
 from rst_tune.config import ConfigError, load_config
 from rst_tune.search import hypervolume, parse_spec, run_search
-from rst_tune.search.cost_axis import KEPT, CostAxis, compute
-from rst_tune.search.pareto import pareto_front
-from rst_tune.search.record import TrialRecord, TrialRow, trial_rows
-from rst_tune.search.runner import read_search_report
-from rst_tune.search.schedulers import build_scheduler, known_cost
-from rst_tune.search.searcher import RSTSearch
-from rst_tune.search.space import Coordinates
-from rst_tune.study.confirm import confirmation_settings
-from rst_tune.study.spec import parse_study
+from rst_tune.search._cost_axis import KEPT, CostAxis, compute
+from rst_tune.search._pareto import pareto_front
+from rst_tune.search._record import TrialRecord, TrialRow, trial_rows
+from rst_tune.search._runner import read_search_report
+from rst_tune.search._schedulers import build_scheduler, known_cost
+from rst_tune.search._searcher import RSTSearch
+from rst_tune.search._space import Coordinates
+from rst_tune.study._confirm import confirmation_settings
+from rst_tune.study._spec import parse_study
 from rst_tune.train import EpochMetrics, load_data
 
 

@@ -18,8 +18,8 @@ from ray.tune import ExperimentAnalysis
 from rst_tune.cli import main
 from rst_tune.config import ConfigError
 from rst_tune.search import load_spec, parse_spec, run_search
-from rst_tune.search.cluster import check_shared, filesystem_type, spans_machines
-from rst_tune.search.space import points_to_evaluate
+from rst_tune.search._cluster import check_shared, filesystem_type, spans_machines
+from rst_tune.search._space import points_to_evaluate
 from rst_tune.tracking import tracker_for
 
 DEFAULT = Path(__file__).parent.parent / "rst_tune" / "search_spaces" / "default.yaml"

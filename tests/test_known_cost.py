@@ -18,16 +18,16 @@ from scipy import stats as scipy_stats
 
 from rst_tune.config import load_config
 from rst_tune.search import hypervolume, parse_spec
-from rst_tune.search.known_cost import KnownCostSampler, ehvi
-from rst_tune.search.pareto import pareto_front
-from rst_tune.search.record import TrialRecord, TrialRow, trial_rows
-from rst_tune.search.schedulers import HypervolumeScheduler
-from rst_tune.search.searcher import RSTSearch, build_sampler
-from rst_tune.search.space import Coordinates, DefineByRun
-from rst_tune.study.confirm import confirmed_points
-from rst_tune.study.runner import StudyPlan
-from rst_tune.study.sequential import DONE, MIN_SEEDS, WAIT, next_seed
-from rst_tune.study.spec import parse_study
+from rst_tune.search._known_cost import KnownCostSampler, ehvi
+from rst_tune.search._pareto import pareto_front
+from rst_tune.search._record import TrialRecord, TrialRow, trial_rows
+from rst_tune.search._schedulers import HypervolumeScheduler
+from rst_tune.search._searcher import RSTSearch, build_sampler
+from rst_tune.search._space import Coordinates, DefineByRun
+from rst_tune.study._confirm import confirmed_points
+from rst_tune.study._runner import StudyPlan
+from rst_tune.study._sequential import DONE, MIN_SEEDS, WAIT, next_seed
+from rst_tune.study._spec import parse_study
 
 FRONT = [(0.70, 1.0), (0.78, 1.3), (0.80, 1.6), (0.76, 1.5)]  # the last is dominated
 REFERENCE = (0.65, 2.0)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rst_tune._cost import pass_cost
 from rst_tune.config import ConfigError, load_config
-from rst_tune.cost import pass_cost
 from rst_tune.methods import METHODS, build_method, check_method, expected_cost
 from rst_tune.methods._mesa import distillation
 from rst_tune.methods._rules import AdaptiveNorm, Deterministic
@@ -403,8 +403,8 @@ def method_spec(**extra):
 def test_a_trial_of_a_searched_method_sets_only_what_the_method_reads():
     import optuna
 
-    from rst_tune.search.space import Coordinates, DefineByRun
-    from rst_tune.tracking.trials import flat_params
+    from rst_tune.search._space import Coordinates, DefineByRun
+    from rst_tune.tracking._trials import flat_params
 
     spec = method_spec()
     fixed = optuna.trial.FixedTrial({"method": "looksam", "method.looksam.k": 4, "rho": 0.1})
@@ -472,8 +472,8 @@ def test_a_bad_method_in_a_search_file_names_its_key(change, key):
 def test_balanced_proposals_give_every_method_the_same_number_of_trials(tmp_path):
     import optuna
 
-    from rst_tune.search.known_cost import KnownCostSampler
-    from rst_tune.search.space import Coordinates, DefineByRun, points_to_evaluate
+    from rst_tune.search._known_cost import KnownCostSampler
+    from rst_tune.search._space import Coordinates, DefineByRun, points_to_evaluate
 
     spec = method_spec(num_samples=13)
     sampler = KnownCostSampler(Coordinates(spec), spec.num_samples, startup_trials=3, seed=0)
@@ -507,7 +507,7 @@ def test_the_cheapest_cost_of_a_space_of_methods_is_its_cheapest_corner():
 
 
 def test_a_point_naming_an_unsearched_method_parameter_names_its_key():
-    from rst_tune.search.space import optuna_params
+    from rst_tune.search._space import optuna_params
 
     point = {"method": {"name": "looksam", "params": {"k": 3, "beta": 0.2}}}
     with pytest.raises(ConfigError, match="not searched for looksam") as caught:
@@ -551,8 +551,8 @@ def test_a_method_with_nothing_affordable_leaves_the_balanced_proposals_to_the_o
     import optuna
 
     from rst_tune.search import parse_spec
-    from rst_tune.search.known_cost import KnownCostSampler
-    from rst_tune.search.space import Coordinates, DefineByRun
+    from rst_tune.search._known_cost import KnownCostSampler
+    from rst_tune.search._space import Coordinates, DefineByRun
 
     spec = parse_spec(
         {

@@ -26,9 +26,9 @@ from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 
 from rst_tune.config import ConfigError, load_config
-from rst_tune.data.resident import DataSplits
-from rst_tune.data.splits import rank_share
-from rst_tune.data.streaming import StreamingSplits
+from rst_tune.data._resident import DataSplits
+from rst_tune.data._splits import rank_share
+from rst_tune.data._streaming import StreamingSplits
 from rst_tune.methods import build_method, check_method
 from rst_tune.schedules import make_schedule
 from rst_tune.sharpness import RandomizedSAM

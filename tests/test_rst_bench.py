@@ -28,8 +28,8 @@ from rst_bench.table import (
 )
 
 from rst_tune.schedules import make_schedule
-from rst_tune.search.pareto import hypervolume
-from rst_tune.search.space import DefineByRun
+from rst_tune.search._pareto import hypervolume
+from rst_tune.search._space import DefineByRun
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS, STEPS, SEEDS = 4, 10, 3

@@ -13,8 +13,8 @@ from ray.tune.schedulers import TrialScheduler
 
 from rst_tune.config import ConfigError
 from rst_tune.search import hypervolume, pareto_front, parse_spec
-from rst_tune.search.schedulers import ParetoFairScheduler
-from rst_tune.search.searcher import RSTSearch
+from rst_tune.search._schedulers import ParetoFairScheduler
+from rst_tune.search._searcher import RSTSearch
 
 SPACE = {
     "schedule": {"constant": {"p": {"low": 0.0, "high": 1.0}}},

@@ -14,7 +14,7 @@ from ray.tune import ExperimentAnalysis
 
 from rst_tune.cli import main
 from rst_tune.search import parse_spec, run_search
-from rst_tune.search.space import trial_seed
+from rst_tune.search._space import trial_seed
 
 
 def _space(**extra):

@@ -8,7 +8,7 @@ import pytest
 
 from rst_tune.config import ConfigError, load_config
 from rst_tune.search import TrialRecord, TrialRow
-from rst_tune.search.record import trial_rows
+from rst_tune.search._record import trial_rows
 from rst_tune.train import EPOCH_METRICS, EpochMetrics
 
 RECORD = TrialRecord(

@@ -8,7 +8,7 @@ import yaml
 
 from rst_tune.config import ConfigError
 from rst_tune.search import load_spec, parse_spec
-from rst_tune.search.space import Coordinates, DefineByRun, optuna_params, points_to_evaluate, trial_seed
+from rst_tune.search._space import Coordinates, DefineByRun, optuna_params, points_to_evaluate, trial_seed
 
 SPACES = sorted(
     p
@@ -268,7 +268,7 @@ def test_an_error_carries_each_problem_with_its_key_and_line(tmp_path):
 
 def test_check_warns_where_a_grst_family_can_fall_below_lambda_over_alpha_max():
     """α = min(λ/p, alpha_max) caps the applied degree p·α below λ wherever p(t) < λ/alpha_max."""
-    from rst_tune.search.space import grst_warnings, summary
+    from rst_tune.search._space import grst_warnings, summary
 
     step_up = parse_spec(
         {

@@ -18,8 +18,8 @@ from rst_tune.cli import main
 from rst_tune.config import ConfigError
 from rst_tune.search import load_spec
 from rst_tune.study import load_study, parse_study
-from rst_tune.study.runner import StudyPlan
-from rst_tune.study.stats import spread, welch
+from rst_tune.study._runner import StudyPlan
+from rst_tune.study._stats import spread, welch
 
 SPACES = Path(__file__).parent.parent / "rst_tune" / "search_spaces"
 SGD = {"label": "SGD", "schedule": {"name": "constant", "params": {"p": 0.0}}}

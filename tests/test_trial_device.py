@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rst_tune.config import ConfigError
-from rst_tune.search.trainable import device_for
+from rst_tune.search._trainable import device_for
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def test_cuda_without_an_assigned_gpu_names_the_key():
 PROBE = textwrap.dedent(
     """
     import json, os, ray
-    from rst_tune.search.trainable import trial_device
+    from rst_tune.search._trainable import trial_device
 
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 
 from rst_bench.table import Table
-from rst_tune.search.pareto import hypervolume, pareto_front
+from rst_tune.search._pareto import hypervolume, pareto_front
 
 REFERENCE_COST = 2.0  # cost ratio of SAM at every step
 

@@ -14,7 +14,7 @@ import yaml
 from scipy.stats import qmc
 
 from rst_tune.search import parse_spec
-from rst_tune.search.spec import Dimension, SearchSpec
+from rst_tune.search._spec import Dimension, SearchSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = Path(__file__).resolve().parent / "tables"

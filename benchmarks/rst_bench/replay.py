@@ -45,13 +45,13 @@ from rst_bench.searchers import STOPPING, Searcher
 from rst_bench.table import Table
 from rst_tune.config import TrainConfig
 from rst_tune.schedules import Schedule
-from rst_tune.search.cost_axis import CostAxis
-from rst_tune.search.pareto import build_report, pareto_front
-from rst_tune.search.record import TrialRecord, TrialRow
-from rst_tune.search.space import DefineByRun, points_to_evaluate
-from rst_tune.search.spec import Dimension, SearchSpec
-from rst_tune.study.confirm import candidates, confirmed_points
-from rst_tune.study.sequential import DONE, next_seed
+from rst_tune.search._cost_axis import CostAxis
+from rst_tune.search._pareto import build_report, pareto_front
+from rst_tune.search._record import TrialRecord, TrialRow
+from rst_tune.search._space import DefineByRun, points_to_evaluate
+from rst_tune.search._spec import Dimension, SearchSpec
+from rst_tune.study._confirm import candidates, confirmed_points
+from rst_tune.study._sequential import DONE, next_seed
 from rst_tune.train import EpochMetrics
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

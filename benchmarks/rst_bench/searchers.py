@@ -14,11 +14,11 @@ import optuna
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from rst_bench.botorch_route import botorch_sampler  # imports botorch only when called
-from rst_tune.search.known_cost import KnownCostSampler
-from rst_tune.search.schedulers import ASHA, HypervolumeScheduler, ParetoFairScheduler
-from rst_tune.search.searcher import build_sampler
-from rst_tune.search.space import Coordinates
-from rst_tune.search.spec import SearchSpec
+from rst_tune.search._known_cost import KnownCostSampler
+from rst_tune.search._schedulers import ASHA, HypervolumeScheduler, ParetoFairScheduler
+from rst_tune.search._searcher import build_sampler
+from rst_tune.search._space import Coordinates
+from rst_tune.search._spec import SearchSpec
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 
 from rst_bench.problems import ROOT, Problem
 from rst_tune.schedules import Schedule, make_schedule
-from rst_tune.search.folder import RunFolder
-from rst_tune.search.record import trial_rows
+from rst_tune.search._folder import RunFolder
+from rst_tune.search._record import trial_rows
 from rst_tune.study import read_study
 from rst_tune.train import METRICS
 

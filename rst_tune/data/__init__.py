@@ -5,7 +5,8 @@ Built in: `digits`, `mnist1d`, `cifar10`, `cifar100` (validation held out of the
 fixed stratified split, the same for every trial) and `synthetic` (speed benchmarks). `imagefolder`
 reads train/, val/ and test/ folders. "package.module:function" calls user code. Data that fits is
 kept whole on the device (`DataSplits`); image folders and user `Dataset`s are streamed through a
-`DataLoader` (`StreamingSplits`). The training loop reads both through `Splits`.
+`DataLoader` (`StreamingSplits`). The training loop reads both through `Splits`. The public names
+are `__all__`; the modules (`_builtin`, ...) are private.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 import torch
 
-from rst_tune.data.builtin import (
+from rst_tune._imports import is_import_path
+from rst_tune.data._builtin import (
     CIFAR_VAL_SIZE,
     DEFAULT_DATA_DIR,
     load_cifar,
@@ -24,12 +26,11 @@ from rst_tune.data.builtin import (
     read_cifar,
     synthetic,
 )
-from rst_tune.data.imagefolder import load_imagefolder
-from rst_tune.data.resident import DataSplits, crop_and_flip
-from rst_tune.data.splits import DEFAULT_VAL_FRACTION, SPLIT_SEED, Splits, holdout, symmetric_label_noise
-from rst_tune.data.streaming import StreamingSplits
-from rst_tune.data.user import load_user_dataset
-from rst_tune.imports import is_import_path
+from rst_tune.data._imagefolder import load_imagefolder
+from rst_tune.data._resident import DataSplits, crop_and_flip
+from rst_tune.data._splits import DEFAULT_VAL_FRACTION, SPLIT_SEED, Splits, holdout, symmetric_label_noise
+from rst_tune.data._streaming import StreamingSplits
+from rst_tune.data._user import load_user_dataset
 
 DATASETS = ("digits", "mnist1d", "cifar10", "cifar100", "synthetic", "imagefolder")
 """The built-in datasets; any "package.module:function" names a user dataset."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from rst_tune.cost import FORWARD_COST
+from rst_tune._cost import FORWARD_COST
 from rst_tune.methods._hook import MomentumRestart, TrainerHook
 from rst_tune.methods._looksam import LookSAMReuse
 from rst_tune.methods._mesa import MESA
@@ -263,6 +263,6 @@ def describe(name: str, params: Mapping[str, Any], schedule: Schedule) -> str:
 
 
 def expected_cost(name: str, params: Mapping[str, Any], schedule: Schedule, epochs: int) -> float:
-    """Expected cost per step in SGD steps (`rst_tune.cost`) before training: RST 1 + p̄; an estimate
+    """Expected cost per step in SGD steps (`rst_tune._cost`) before training: RST 1 + p̄; an estimate
     where `METHODS[name].estimated`."""
     return 1 + METHODS[name].extra(params, schedule, epochs)

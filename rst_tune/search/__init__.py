@@ -6,24 +6,24 @@ front of accuracy against propagations.
     report = run_search(spec, "rst_runs/default")
     print(report.table())
 
-Public names: `load_spec`, `parse_spec`, `SearchSpec`, `run_search`, `search_report`, `read_run`,
-`ParetoReport`, `pareto_front`, `hypervolume`, `CostAxis`, `OBJECTIVES`, `TrialRecord`, `TrialRow`,
-`RunFolder`.
-Everything else is private.
+The public names are `__all__`. `RunCallback` is the extension point: a Ray Tune callback that also
+hears of the run's start and gets its report at the end, as `rst_tune.tracking`'s tracker does. The
+modules (`_runner`, ...) are private: they may change without notice.
 """
 
-from rst_tune.search.cost_axis import CostAxis
-from rst_tune.search.folder import RunFolder
-from rst_tune.search.objectives import OBJECTIVES
-from rst_tune.search.pareto import ParetoReport, hypervolume, pareto_front
-from rst_tune.search.record import TrialRecord, TrialRow
-from rst_tune.search.runner import read_run, run_search, search_report
-from rst_tune.search.spec import SearchSpec, load_spec, parse_spec
+from rst_tune.search._cost_axis import CostAxis
+from rst_tune.search._folder import RunFolder
+from rst_tune.search._objectives import OBJECTIVES
+from rst_tune.search._pareto import ParetoReport, hypervolume, pareto_front
+from rst_tune.search._record import TrialRecord, TrialRow
+from rst_tune.search._runner import RunCallback, read_run, run_search, search_report
+from rst_tune.search._spec import SearchSpec, load_spec, parse_spec
 
 __all__ = [
     "OBJECTIVES",
     "CostAxis",
     "ParetoReport",
+    "RunCallback",
     "RunFolder",
     "SearchSpec",
     "TrialRecord",

@@ -5,12 +5,11 @@
     report = run_study(spec, "rst_runs/study_label_noise")
     print(report.table())
 
-Public names: `load_study`, `parse_study`, `StudySpec`, `run_study`, `study_report`, `read_study`,
-`StudyReport`. Everything else is private.
+The public names are `__all__`; the modules (`_runner`, ...) are private.
 """
 
-from rst_tune.study.report import StudyReport
-from rst_tune.study.runner import read_study, run_study, study_report
-from rst_tune.study.spec import StudySpec, load_study, parse_study
+from rst_tune.study._report import StudyReport
+from rst_tune.study._runner import read_study, run_study, study_report
+from rst_tune.study._spec import StudySpec, load_study, parse_study
 
 __all__ = ["StudyReport", "StudySpec", "load_study", "parse_study", "read_study", "run_study", "study_report"]

@@ -46,7 +46,7 @@ def ehvi(
 ) -> np.ndarray:
     """Expected hypervolume improvement of points with accuracy ~ N(`mean`, `sd`²) at known `cost`
     over `front` ((accuracy, cost) pairs; higher accuracy and lower cost are better), in the area
-    above the reference (accuracy, cost) that `rst_tune.search.pareto.hypervolume` measures."""
+    above the reference (accuracy, cost) that `rst_tune.search._pareto.hypervolume` measures."""
     floor, ceiling = reference
     levels, lefts = [floor], [-math.inf]  # F(c′) = levels[j] for lefts[j] ≤ c′ < lefts[j + 1]
     for at, accuracy in sorted((c, a) for a, c in front if c < ceiling):
@@ -61,7 +61,7 @@ def ehvi(
 
 
 class Space(Protocol):
-    """What the sampler needs of a search space (`rst_tune.search.space.Coordinates` is one)."""
+    """What the sampler needs of a search space (`rst_tune.search._space.Coordinates` is one)."""
 
     def draw(self, rng: np.random.Generator) -> dict[str, Any]:
         """A random configuration's Optuna parameters."""

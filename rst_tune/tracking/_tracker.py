@@ -17,15 +17,15 @@ import optuna
 from mlflow.entities import Metric, Param
 from ray import tune
 
-from rst_tune.search.folder import RunFolder
-from rst_tune.search.record import TrialRecord
-from rst_tune.search.runner import Report, RunCallback
-from rst_tune.search.settings import RunSettings
-from rst_tune.tracking.client import FAILED, GuardedClient
-from rst_tune.tracking.parent import child_runs, close_parent, open_parent
-from rst_tune.tracking.plots import plot_learning_curves, plot_schedule
-from rst_tune.tracking.record import TrackingRecord, tracking_uri_of
-from rst_tune.tracking.trials import flat_params, logged_history, set_status
+from rst_tune.search._folder import RunFolder
+from rst_tune.search._record import TrialRecord
+from rst_tune.search._runner import Report, RunCallback
+from rst_tune.search._settings import RunSettings
+from rst_tune.tracking._client import FAILED, GuardedClient
+from rst_tune.tracking._parent import child_runs, close_parent, open_parent
+from rst_tune.tracking._plots import plot_learning_curves, plot_schedule
+from rst_tune.tracking._record import TrackingRecord, tracking_uri_of
+from rst_tune.tracking._trials import flat_params, logged_history, set_status
 from rst_tune.train import EPOCH_METRICS, EpochMetrics
 
 

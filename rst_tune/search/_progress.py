@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ray import tune
 
-from rst_tune.search.record import TrialRecord
+from rst_tune.search._record import TrialRecord
 
 
 class Progress(tune.Callback):

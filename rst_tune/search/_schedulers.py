@@ -1,7 +1,7 @@
 """Early stopping: ASHA on a scalar objective, and two rules for the accuracy-cost front.
 
 Both price a trial by what its training costs, known before it trains, on the search's cost axis
-(`rst_tune.search.cost_axis`); without an axis, trials share their epochs and batch size and the
+(`rst_tune.search._cost_axis`); without an axis, trials share their epochs and batch size and the
 expected cost per step prices them.
 
 The Pareto-fair rule stops a trial at an epoch only when, at that same epoch, at least
@@ -23,9 +23,9 @@ from collections import defaultdict
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from rst_tune.search.cost_axis import CostAxis
-from rst_tune.search.objectives import OBJECTIVES
-from rst_tune.search.spec import SearchSpec
+from rst_tune.search._cost_axis import CostAxis
+from rst_tune.search._objectives import OBJECTIVES
+from rst_tune.search._spec import SearchSpec
 
 # A result with a `failure` is the trainable's last before it raises: neither scheduler stops a
 # trial there, so that it ends in ERROR with its reason rather than as stopped early.

@@ -12,11 +12,11 @@ from typing import Any, ClassVar
 
 import optuna
 
-from rst_tune.search.pareto import state_counts
-from rst_tune.search.record import TrialRow, trial_rows
-from rst_tune.search.space import baseline_name
-from rst_tune.study.spec import StudySpec, epochs_words
-from rst_tune.study.stats import Comparison, Spread, paired, spread, welch
+from rst_tune.search._pareto import state_counts
+from rst_tune.search._record import TrialRow, trial_rows
+from rst_tune.search._space import baseline_name
+from rst_tune.study._spec import StudySpec, epochs_words
+from rst_tune.study._stats import Comparison, Spread, paired, spread, welch
 
 REFERENCES = ("SGD", "SAM")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rst_tune.data.resident import DataSplits, three_parts
-from rst_tune.data.splits import holdout
+from rst_tune.data._resident import DataSplits, three_parts
+from rst_tune.data._splits import holdout
 
 DEFAULT_DATA_DIR = os.environ.get("RST_TUNE_DATA", "~/.cache/rst-tune/data")
 

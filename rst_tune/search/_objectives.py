@@ -5,7 +5,7 @@
 - `acc_per_prop`: maximise val_accuracy / cost_ratio. It rewards cheap schedules: halving the cost
   is worth as much as doubling the accuracy, so SGD-like schedules win unless sharpness-aware steps
   buy a lot. Right when compute is the scarce resource and small accuracy differences do not matter.
-- `accuracy_under_budget`: maximise val_accuracy subject to cost ≤ budget (`rst_tune.search.cost_axis`:
+- `accuracy_under_budget`: maximise val_accuracy subject to cost ≤ budget (`rst_tune.search._cost_axis`:
   compute over SGD's at train's settings). Configurations whose cost, known before training, exceeds
   the budget are never trained; the realised cost is an Optuna constraint.
 """

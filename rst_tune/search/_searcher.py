@@ -21,13 +21,13 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from rst_tune.config import ConfigError, TrainConfig
+from rst_tune.search._cost_axis import CostAxis
+from rst_tune.search._known_cost import KnownCostSampler
+from rst_tune.search._objectives import budget_constraint, objective_for
 from rst_tune.search._optuna import take_up
-from rst_tune.search.cost_axis import CostAxis
-from rst_tune.search.known_cost import KnownCostSampler
-from rst_tune.search.objectives import budget_constraint, objective_for
-from rst_tune.search.record import TrialRecord
-from rst_tune.search.space import Coordinates, DefineByRun, points_to_evaluate
-from rst_tune.search.spec import SearchSpec
+from rst_tune.search._record import TrialRecord
+from rst_tune.search._space import Coordinates, DefineByRun, points_to_evaluate
+from rst_tune.search._spec import SearchSpec
 from rst_tune.train import METRICS
 
 MAX_DRAWS = 200  # configurations drawn per trial in search of one within the budget

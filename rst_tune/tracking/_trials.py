@@ -7,8 +7,8 @@ from typing import Any
 from mlflow.entities import RunTag
 
 from rst_tune.config import method_reads
-from rst_tune.search.record import TrialRecord
-from rst_tune.tracking.client import FAILED, GuardedClient
+from rst_tune.search._record import TrialRecord
+from rst_tune.tracking._client import FAILED, GuardedClient
 from rst_tune.train import EPOCH_METRICS, METRICS, EpochMetrics
 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # Optuna state -> MLflow status

@@ -9,10 +9,10 @@ from pydantic import Field, model_validator
 
 from rst_tune.config import ConfigError, TrainConfig, load_config
 from rst_tune.methods import METHODS
-from rst_tune.search.objectives import COSTS
-from rst_tune.search.settings import Lines, RunSettings, load_settings, parse_settings
-from rst_tune.search.space import baseline_name, describe
-from rst_tune.search.spec import SearchSpec
+from rst_tune.search._objectives import COSTS
+from rst_tune.search._settings import Lines, RunSettings, load_settings, parse_settings
+from rst_tune.search._space import baseline_name, describe
+from rst_tune.search._spec import SearchSpec
 
 NOT_TRAINING = ("label", "source_trial")  # a configuration's keys that are not training settings
 
@@ -45,7 +45,7 @@ class StudySpec(RunSettings):
     sequential: bool = Field(
         False,
         description="give seeds one at a time to the configurations whose place on the front of "
-        "val_accuracy against cost is undecided, up to `seeds` each (rst_tune.study.sequential)",
+        "val_accuracy against cost is undecided, up to `seeds` each (rst_tune.study._sequential)",
     )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="the level of the paired intervals")
     compare: list[tuple[str, str]] = Field(

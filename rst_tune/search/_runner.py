@@ -14,20 +14,20 @@ import ray
 from ray import tune
 
 from rst_tune.config import ConfigError
-from rst_tune.search.cluster import check_shared, code_runtime_env, connect, spans_machines
-from rst_tune.search.cost_axis import KEPT, CostAxis
-from rst_tune.search.folder import EXPERIMENT, RunFolder
-from rst_tune.search.objectives import COSTS
-from rst_tune.search.parallel import ReleaseWorkers, train_parallel_trial, trial_checkpoint
-from rst_tune.search.pareto import ParetoReport, build_report, write_report
-from rst_tune.search.progress import Progress
-from rst_tune.search.record import TrialRecord, TrialRow, trial_rows
-from rst_tune.search.schedulers import build_scheduler
-from rst_tune.search.searcher import RSTSearch
-from rst_tune.search.settings import RunSettings
-from rst_tune.search.space import DefineByRun, points_to_evaluate
-from rst_tune.search.spec import SearchSpec, parse_spec
-from rst_tune.search.trainable import KEEP_CHECKPOINTS, train_trial
+from rst_tune.search._cluster import check_shared, code_runtime_env, connect, spans_machines
+from rst_tune.search._cost_axis import KEPT, CostAxis
+from rst_tune.search._folder import EXPERIMENT, RunFolder
+from rst_tune.search._objectives import COSTS
+from rst_tune.search._parallel import ReleaseWorkers, train_parallel_trial, trial_checkpoint
+from rst_tune.search._pareto import ParetoReport, build_report, write_report
+from rst_tune.search._progress import Progress
+from rst_tune.search._record import TrialRecord, TrialRow, trial_rows
+from rst_tune.search._schedulers import build_scheduler
+from rst_tune.search._searcher import RSTSearch
+from rst_tune.search._settings import RunSettings
+from rst_tune.search._space import DefineByRun, points_to_evaluate
+from rst_tune.search._spec import SearchSpec, parse_spec
+from rst_tune.search._trainable import KEEP_CHECKPOINTS, train_trial
 
 
 class Report(Protocol):

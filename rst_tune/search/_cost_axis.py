@@ -1,7 +1,7 @@
 """The cost axis: what a trial costs, defined once for the front, its plot, the budget, the schedulers,
 the sampler and the hypervolume.
 
-A trial's compute is its passes (`rst_tune.cost`) weighted by the examples each carries: its
+A trial's compute is its passes (`rst_tune._cost`) weighted by the examples each carries: its
 propagations × its batch size (every training batch is full; an epoch drops its partial last batch).
 The axis reads it in two units, one constant factor apart within a search:
 - `value`, propagations over batches of the spec's `train.batch_size`: the front, Optuna's objective,
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rst_tune.config import TrainConfig
-from rst_tune.search.objectives import COSTS
-from rst_tune.search.record import TrialRow
+from rst_tune.search._objectives import COSTS
+from rst_tune.search._record import TrialRow
 
 if TYPE_CHECKING:
-    from rst_tune.search.spec import SearchSpec
+    from rst_tune.search._spec import SearchSpec
 
 KEPT = "cost_axis"  # the Optuna study's user attribute that keeps it
 

@@ -19,8 +19,8 @@ from rst_tune.schedules import (
     schedule_coordinates,
     schedule_params,
 )
-from rst_tune.search.objectives import COSTS, OBJECTIVES
-from rst_tune.search.settings import Lines, RunSettings, Strict, load_settings, parse_settings
+from rst_tune.search._objectives import COSTS, OBJECTIVES
+from rst_tune.search._settings import Lines, RunSettings, Strict, load_settings, parse_settings
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "known_cost")
 MIN_SEEDS = 2  # the fewest seeds an interval needs
@@ -201,7 +201,7 @@ class SearchSpec(RunSettings):
         ge=1.0,
         le=2.0,
         description="accuracy_under_budget: the largest cost allowed, compute over SGD's at train's "
-        "epochs and batch size (rst_tune.search.cost_axis: SGD 1, SAM 2)",
+        "epochs and batch size (rst_tune.search._cost_axis: SGD 1, SAM 2)",
     )
     sampler: Sampler = Field(default_factory=Sampler, description="how the trials are chosen")
     num_samples: int = Field(12, ge=1, description="trials, the baselines and points_to_evaluate among them")

@@ -1,7 +1,7 @@
 """The Pareto front of a search, read from its Optuna study: table, CSV, JSON, plot and hypervolume.
 
 The front is over val_accuracy (higher is better) and a cost on the search's axis (lower is better:
-`rst_tune.search.cost_axis`) of the trials that trained every epoch (COMPLETE, and within the budget
+`rst_tune.search._cost_axis`) of the trials that trained every epoch (COMPLETE, and within the budget
 when there is one), whatever the objective. Test accuracy is shown beside it, never used to choose.
 The hypervolume is the area the front dominates above the reference point (val_accuracy 0, and the
 propagations of the dearest trial had it taken SAM's step at every step, or the most device_seconds
@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import optuna
 
-from rst_tune.search.cost_axis import CostAxis
-from rst_tune.search.record import TrialRow, trial_rows
+from rst_tune.search._cost_axis import CostAxis
+from rst_tune.search._record import TrialRow, trial_rows
 
 
 def state_counts(rows: Sequence[TrialRow]) -> dict[str, int]:

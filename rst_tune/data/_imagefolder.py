@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rst_tune.data.streaming import StreamingSplits
+from rst_tune.data._streaming import StreamingSplits
 
 AUGMENTATIONS = ("random_resized_crop", "pad_crop", "none")
 EVAL_RESIZE = 1 / 0.875  # random_resized_crop: evaluate on a centre crop of the image resized to this × size

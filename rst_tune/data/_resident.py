@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rst_tune.data.splits import DEFAULT_VAL_FRACTION, Batches, holdout, normalizer, rank_share
+from rst_tune.data._splits import DEFAULT_VAL_FRACTION, Batches, holdout, normalizer, rank_share
 
 _TENSORS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
 

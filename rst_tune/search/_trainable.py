@@ -15,7 +15,7 @@ import ray.tune
 import torch
 
 from rst_tune.config import ConfigError
-from rst_tune.search.record import TrialRecord
+from rst_tune.search._record import TrialRecord
 from rst_tune.train import EpochMetrics, Trainer
 
 CHECKPOINT_FILE = "trainer.pt"

@@ -19,9 +19,9 @@ import optuna
 from rst_tune.config import ConfigError, TrainConfig, load_config, method_reads
 from rst_tune.methods import METHODS
 from rst_tune.schedules import Schedule, canonical, make_schedule
-from rst_tune.search.cost_axis import CostAxis
-from rst_tune.search.record import TrialRecord
-from rst_tune.search.spec import MIN_SEEDS, Dimension, SearchSpec
+from rst_tune.search._cost_axis import CostAxis
+from rst_tune.search._record import TrialRecord
+from rst_tune.search._spec import MIN_SEEDS, Dimension, SearchSpec
 
 
 def trial_seed(search_seed: int, trial_number: int) -> int:

@@ -10,19 +10,19 @@ from typing import Any
 
 import optuna
 
-from rst_tune.search.folder import RunFolder
-from rst_tune.search.record import TrialRecord, TrialRow, trial_rows
-from rst_tune.search.runner import RunCallback, RunPlan, run_trials
-from rst_tune.search.space import baseline_name
-from rst_tune.study.report import StudyReport, build_study_report, write_study_report
-from rst_tune.study.sequential import DONE, WAIT, next_seed
-from rst_tune.study.spec import StudySpec, epochs_words, parse_study
+from rst_tune.search._folder import RunFolder
+from rst_tune.search._record import TrialRecord, TrialRow, trial_rows
+from rst_tune.search._runner import RunCallback, RunPlan, run_trials
+from rst_tune.search._space import baseline_name
+from rst_tune.study._report import StudyReport, build_study_report, write_study_report
+from rst_tune.study._sequential import DONE, WAIT, next_seed
+from rst_tune.study._spec import StudySpec, epochs_words, parse_study
 
 
 class StudyPlan:
     """The define-by-run function of a study: Optuna trial n trains configuration n mod C at seed
     index n div C, so every configuration's first seed runs before any second one; or, when the study
-    is `sequential`, the configuration and seed `rst_tune.study.sequential` gives next (a trial taken
+    is `sequential`, the configuration and seed `rst_tune.study._sequential` gives next (a trial taken
     up after an interrupted driver keeps its own)."""
 
     def __init__(self, spec: StudySpec):

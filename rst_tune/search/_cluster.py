@@ -9,8 +9,8 @@ from typing import Any
 
 import ray
 
+from rst_tune._imports import is_import_path, source_folder
 from rst_tune.config import ConfigError
-from rst_tune.imports import is_import_path, source_folder
 
 
 def code_runtime_env(values: dict[str, Any]) -> dict[str, Any] | None:

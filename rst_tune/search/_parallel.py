@@ -27,10 +27,10 @@ from ray.util.placement_group import PlacementGroup
 from ray.util.queue import Empty, Queue
 
 from rst_tune.config import TrainConfig, load_config
-from rst_tune.search.cluster import code_runtime_env, connect
-from rst_tune.search.record import TrialRecord
-from rst_tune.search.settings import Resources
-from rst_tune.search.trainable import CHECKPOINT_FILE, KEEP_CHECKPOINTS, divergence
+from rst_tune.search._cluster import code_runtime_env, connect
+from rst_tune.search._record import TrialRecord
+from rst_tune.search._settings import Resources
+from rst_tune.search._trainable import CHECKPOINT_FILE, KEEP_CHECKPOINTS, divergence
 from rst_tune.train import EpochMetrics, Trainer
 
 QUIET = ray.train.LoggingConfig(log_level="WARNING")  # not a line per report and checkpoint

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rst_tune.data.splits import Batches, normalizer, rank_share
+from rst_tune.data._splits import Batches, normalizer, rank_share
 
 _SEED_BOUND = 2**62
 

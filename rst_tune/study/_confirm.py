@@ -6,7 +6,7 @@ seeds: none of them selected a point, which would carry the winner's curse into 
 run as a study in the search's folder (`confirm/`: its own Optuna study, Ray experiment, resume and
 MLflow parent run), paired across points: seed k of every point is the same seed. Each point gets
 `confirm.seeds` seeds, or with `confirm.sequential` (the default) two, then more one at a time only
-while its place is undecided (rst_tune.study.sequential).
+while its place is undecided (rst_tune.study._sequential).
 
 A confirmed point stays on the confirmed front unless another confirmed point costs no more (mean over
 its seeds, on the search's cost axis) and is more accurate on validation, with a paired interval (at
@@ -23,17 +23,17 @@ from typing import Any
 
 import optuna
 
-from rst_tune.search.cost_axis import compute
-from rst_tune.search.folder import RunFolder
-from rst_tune.search.pareto import ConfirmedPoint, ParetoReport, write_report
-from rst_tune.search.record import TrialRow, trial_rows
-from rst_tune.search.runner import RunCallback, read_search_report
-from rst_tune.search.settings import RunSettings
-from rst_tune.search.spec import MIN_SEEDS, SearchSpec, parse_spec
-from rst_tune.study.runner import run_study
-from rst_tune.study.sequential import compare
-from rst_tune.study.spec import StudySpec, parse_study
-from rst_tune.study.stats import paired, spread
+from rst_tune.search._cost_axis import compute
+from rst_tune.search._folder import RunFolder
+from rst_tune.search._pareto import ConfirmedPoint, ParetoReport, write_report
+from rst_tune.search._record import TrialRow, trial_rows
+from rst_tune.search._runner import RunCallback, read_search_report
+from rst_tune.search._settings import RunSettings
+from rst_tune.search._spec import MIN_SEEDS, SearchSpec, parse_spec
+from rst_tune.study._runner import run_study
+from rst_tune.study._sequential import compare
+from rst_tune.study._spec import StudySpec, parse_study
+from rst_tune.study._stats import paired, spread
 
 REFERENCES = ("SGD", "SAM")  # baselines confirmed whatever their place, as the points to compare with
 _LEGACY = re.compile(r"trial (\d+): ")  # how confirmations begun before 2026-12-06 name their trial

@@ -13,14 +13,14 @@ from pathlib import Path
 from mlflow.entities import Metric, RunStatus
 from ray import tune
 
-from rst_tune.search.folder import RunFolder
-from rst_tune.search.record import TrialRow
-from rst_tune.search.runner import Report
-from rst_tune.search.settings import RunSettings
-from rst_tune.search.trainable import saved_weights
-from rst_tune.tracking.client import FAILED, GuardedClient
-from rst_tune.tracking.record import TrackingRecord
-from rst_tune.tracking.trials import set_status
+from rst_tune.search._folder import RunFolder
+from rst_tune.search._record import TrialRow
+from rst_tune.search._runner import Report
+from rst_tune.search._settings import RunSettings
+from rst_tune.search._trainable import saved_weights
+from rst_tune.tracking._client import FAILED, GuardedClient
+from rst_tune.tracking._record import TrackingRecord
+from rst_tune.tracking._trials import set_status
 
 PACKAGES = ("rst-tune", "torch", "ray", "optuna", "mlflow")
 TRIALS_VIEW = "rst-trials"

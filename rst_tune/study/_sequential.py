@@ -1,6 +1,6 @@
 """Sequential, paired seeds: a study that spends its seeds where the front is still undecided.
 
-The front's rule (`rst_tune.study.confirm`): a configuration leaves it only when one that costs no
+The front's rule (`rst_tune.study._confirm`): a configuration leaves it only when one that costs no
 more (mean over its seeds, on the cost axis) is more accurate on validation, with the paired interval
 of the difference, over their common seeds, above zero. So a configuration's place is undecided
 while some cheaper one is ahead of it on average but not yet by that interval; it is decided once one
@@ -23,10 +23,10 @@ from itertools import combinations
 
 from scipy import stats
 
-from rst_tune.search.cost_axis import compute
-from rst_tune.search.record import TrialRow
-from rst_tune.search.spec import MIN_SEEDS
-from rst_tune.study.stats import Comparison, paired, spread
+from rst_tune.search._cost_axis import compute
+from rst_tune.search._record import TrialRow
+from rst_tune.search._spec import MIN_SEEDS
+from rst_tune.study._stats import Comparison, paired, spread
 
 WAIT = "wait"  # nothing to start until a running trial ends
 DONE = "done"

@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 
 from rst_tune.config import ConfigError
-from rst_tune.search.folder import RunFolder
-from rst_tune.tracking.parent import TRIALS_VIEW, TRIALS_VIEW_TAG
-from rst_tune.tracking.record import TrackingRecord
+from rst_tune.search._folder import RunFolder
+from rst_tune.tracking._parent import TRIALS_VIEW, TRIALS_VIEW_TAG
+from rst_tune.tracking._record import TrackingRecord
 
 READY_S = 120.0
 

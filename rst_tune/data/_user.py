@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rst_tune.data.resident import DataSplits
-from rst_tune.data.streaming import StreamingSplits, first_item
-from rst_tune.imports import one_line, resolve
+from rst_tune._imports import one_line, resolve
+from rst_tune.data._resident import DataSplits
+from rst_tune.data._streaming import StreamingSplits, first_item
 
 _DESCRIPTION = ("num_classes", "mean", "std", "crop_padding", "flip")
 _STREAMED_DESCRIPTION = ("num_classes", "mean", "std")

@@ -8,7 +8,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from rst_tune.search.folder import RunFolder
+from rst_tune.search._folder import RunFolder
 
 
 @dataclass
