@@ -31,7 +31,7 @@ def pythonpath(*folders: str | Path) -> str:
 def engine_setup(device: torch.device, images: bool = True) -> dict:
     """The precision and memory format to run the engine with on `device`: bf16 where the device has
     it natively, else fp32; channels_last for image batches on CUDA."""
-    from rst_tune.train import (
+    from rst_tune._train import (
         native_bf16,  # the engine's needs may arrive after this loads (gpu_run --wheels)
     )
 

@@ -31,9 +31,9 @@ import torch
 from _machine import cpu_model, device_name, engine_setup
 from torch.utils.data import TensorDataset
 
+from rst_tune._train import Trainer
 from rst_tune.config import load_config
 from rst_tune.data import DataSplits, StreamingSplits, load_dataset, synthetic
-from rst_tune.train import Trainer
 
 RESIDENT = "resident"
 

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from _machine import cpu_model
 from torch import nn
 
+from rst_tune._train import seed_step
 from rst_tune.schedules import make_schedule
 from rst_tune.sharpness import RandomizedSAM
-from rst_tune.train import seed_step
 
 
 def mlp() -> nn.Module:

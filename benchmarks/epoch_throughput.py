@@ -4,7 +4,7 @@ utilisation (MFU) of the device's measured matmul rate.
 Both loops train the same ResNet-18 (CIFAR stem) on the same CIFAR-shaped uint8 images with the same
 augmentation (4-pixel pad, random 32×32 crop, horizontal flip, normalise), batch, precision and
 memory format:
-- engine: `rst_tune.train.Trainer.train_epoch` (images resident on the device, augmentation batched
+- engine: `rst_tune._train.Trainer.train_epoch` (images resident on the device, augmentation batched
   on the device), SGD epochs (p ≡ 0) and SAM epochs (p ≡ 1);
 - engine+compile: SGD epochs with `torch.compile` of the model (`--compile`);
 - dataloader: the loop most users write: a CIFAR-style Dataset (PIL image + torchvision transforms)
@@ -41,10 +41,10 @@ from _machine import device_name
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+from rst_tune._train import Trainer
 from rst_tune.config import load_config
 from rst_tune.data import synthetic
 from rst_tune.models import build_model
-from rst_tune.train import Trainer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TARGETS = {"sgd_mfu": 0.35, "sam_over_sgd": 2.05, "engine_over_dataloader": 2.0}

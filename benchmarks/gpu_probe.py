@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rst_tune._imports import one_line
+from rst_tune._train import Trainer
 from rst_tune.config import load_config
 from rst_tune.models import build_model
 from rst_tune.schedules import make_schedule
 from rst_tune.sharpness import RandomizedSAM
-from rst_tune.train import Trainer
 
 CUDA_ONLY = {"fp16_syncs"}
 

@@ -80,7 +80,7 @@ def env_stage(device, quick: bool) -> dict:
     import torch
     from _machine import cpu_model
 
-    from rst_tune.train import native_bf16
+    from rst_tune._train import native_bf16
 
     smi = subprocess.run(
         ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],

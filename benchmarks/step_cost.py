@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from _machine import engine_setup, write_results
 
+from rst_tune._train import Trainer
 from rst_tune.config import load_config
 from rst_tune.data import load_dataset, synthetic
-from rst_tune.train import Trainer
 
 # name -> (the training settings of its data and model, default batch size on the CPU)
 MODELS = {

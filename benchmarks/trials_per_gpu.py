@@ -50,8 +50,8 @@ def problems(device: str, quick: bool = False) -> dict[str, dict]:
 def _one_trial(settings: dict, epochs: int, folder: Path, index: int, timeout: float) -> None:
     """A worker process: a warm-up epoch, ready, wait for go, then `epochs` timed epochs. It gives up
     when its parent is gone or go has not come within `timeout` seconds."""
+    from rst_tune._train import Trainer
     from rst_tune.config import load_config
-    from rst_tune.train import Trainer
 
     parent, deadline = os.getppid(), time.time() + timeout
     trainer = Trainer(load_config({**settings, "epochs": epochs + 1}))

@@ -14,11 +14,11 @@ Searches and studies from Python: `rst_tune.api`; their parts: `rst_tune.search`
 `rst_tune.tracking`; the methods table: `rst_tune.methods`.
 """
 
+from rst_tune._train import EpochMetrics, Trainer, train
 from rst_tune.config import ConfigError, TrainConfig, load_config
 from rst_tune.methods import METHODS
 from rst_tune.schedules import SCHEDULES, Schedule, make_schedule
 from rst_tune.sharpness import RandomizedSAM
-from rst_tune.train import EpochMetrics, Trainer, train
 
 __version__ = "0.1.0"
 

@@ -81,7 +81,7 @@ def load(
 def check(settings: RunSettings) -> str:
     """Load the data and build and run the model of each distinct configuration the run starts with
     (ConfigError naming the key, before anything is started); what the run will train."""
-    from rst_tune.train import preflight
+    from rst_tune._train import preflight
 
     configs = (
         {("train",): settings.train_config()}

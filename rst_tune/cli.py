@@ -102,7 +102,7 @@ def format_row(metrics: Mapping[str, float] | None) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from rst_tune.train import Trainer
+    from rst_tune._train import Trainer
 
     config, workers = build_train_config(args)
     if args.checkpoint_every is not None:
@@ -144,8 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_on_workers(config: TrainConfig, workers: int, args: argparse.Namespace) -> int:
+    from rst_tune._train import preflight
     from rst_tune.search._parallel import train_on_workers
-    from rst_tune.train import preflight
 
     preflight(config)
     print(

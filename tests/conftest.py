@@ -165,9 +165,9 @@ def write_cifar10(root, n_per_batch=6, test_labels=None):
 def confirmation_row(number, configuration, seed_index, val, propagations, state="COMPLETE"):
     """A confirmation trial as the study records it (only what the rules read is real); a trial not
     COMPLETE has no metrics."""
+    from rst_tune._train import EpochMetrics
     from rst_tune.config import load_config
     from rst_tune.search._record import TrialRecord, TrialRow
-    from rst_tune.train import EpochMetrics
 
     record = TrialRecord(
         load_config({"seed": seed_index}), configuration, number, None, configuration, seed_index

@@ -10,6 +10,7 @@ import optuna
 import pytest
 from ray.tune.experiment import Trial
 
+from rst_tune._train import EpochMetrics, load_data
 from rst_tune.config import ConfigError, load_config
 from rst_tune.search import hypervolume, parse_spec, run_search
 from rst_tune.search._cost_axis import KEPT, CostAxis, compute
@@ -21,7 +22,6 @@ from rst_tune.search._searcher import RSTSearch
 from rst_tune.search._space import Coordinates
 from rst_tune.study._confirm import confirmation_settings
 from rst_tune.study._spec import parse_study
-from rst_tune.train import EpochMetrics, load_data
 
 
 def _row(number: int, p: float, epochs: int, batch_size: int, train_size: int) -> TrialRow:

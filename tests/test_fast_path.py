@@ -10,8 +10,8 @@ import torch
 from torch._dynamo.eval_frame import OptimizedModule
 from torch._dynamo.utils import counters
 
+from rst_tune._train import Trainer, native_bf16
 from rst_tune.config import load_config
-from rst_tune.train import Trainer, native_bf16
 
 STEP_KINDS = {
     "sgd": {"schedule": {"name": "constant", "params": {"p": 0.0}}},

@@ -15,7 +15,7 @@ ENGINE = (
     "rst_tune.data",
     "rst_tune.models",
     "rst_tune.config",
-    "rst_tune.train",
+    "rst_tune._train",
 )
 ADAPTER = PACKAGE / "search" / "_optuna.py"
 

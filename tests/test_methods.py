@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from rst_tune._cost import pass_cost
+from rst_tune._train import Trainer
 from rst_tune.config import ConfigError, load_config
 from rst_tune.methods import METHODS, build_method, check_method, expected_cost
 from rst_tune.methods._mesa import distillation
 from rst_tune.methods._rules import AdaptiveNorm, Deterministic
 from rst_tune.schedules import make_schedule
 from rst_tune.sharpness import RandomizedSAM
-from rst_tune.train import Trainer
 
 
 @pytest.fixture(autouse=True)

@@ -25,6 +25,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 
+from rst_tune._train import Trainer
 from rst_tune.config import ConfigError, load_config
 from rst_tune.data._resident import DataSplits
 from rst_tune.data._splits import rank_share
@@ -32,7 +33,6 @@ from rst_tune.data._streaming import StreamingSplits
 from rst_tune.methods import build_method, check_method
 from rst_tune.schedules import make_schedule
 from rst_tune.sharpness import RandomizedSAM
-from rst_tune.train import Trainer
 
 B, STEPS, LR, RHO = 8, 10, 0.1, 0.05
 

@@ -185,7 +185,9 @@ def test_resume_after_sigkill_keeps_exactly_num_samples_trials(tmp_path):
     output, _ = second.communicate(timeout=400)
     assert second.returncode == 0, output
     trials = _ray_finals(run_dir)
-    assert len(trials) == 6 and all(t.status == "TERMINATED" for t in trials.values())
+    ended = {i: t.status for i, t in trials.items()}
+    errors = {p.parent.name: p.read_text()[-800:] for p in (run_dir / "trials").glob("*/error.txt")}
+    assert len(trials) == 6 and set(ended.values()) == {"TERMINATED"}, (ended, errors, output[-3000:])
     study = _study(run_dir, "resume")
     assert len(study.trials) == 6
     assert all(t.state == TrialState.COMPLETE for t in study.trials)

@@ -6,10 +6,10 @@ import json
 import optuna
 import pytest
 
+from rst_tune._train import EPOCH_METRICS, EpochMetrics
 from rst_tune.config import ConfigError, load_config
 from rst_tune.search import TrialRecord, TrialRow
 from rst_tune.search._record import trial_rows
-from rst_tune.train import EPOCH_METRICS, EpochMetrics
 
 RECORD = TrialRecord(
     load_config({"schedule": {"name": "step_up", "params": {"switch": 0.25}}, "rho": 0.1, "seed": 7}),

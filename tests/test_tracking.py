@@ -18,10 +18,10 @@ from conftest import MlflowServer, free_port
 from mlflow import MlflowClient
 from ray.tune import ExperimentAnalysis
 
+from rst_tune._train import EPOCH_METRICS, METRICS
 from rst_tune.models import build_model
 from rst_tune.search import parse_spec, run_search
 from rst_tune.tracking import tracker_for
-from rst_tune.train import EPOCH_METRICS, METRICS
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 SPACE = {

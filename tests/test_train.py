@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import Crash, crash_after_saving
 
+from rst_tune._train import EPOCH_METRICS, METRICS, Trainer, train
 from rst_tune.config import ConfigError, TrainConfig, load_config
-from rst_tune.train import EPOCH_METRICS, METRICS, Trainer, train
 
 FAST = {
     "epochs": 4,

@@ -16,11 +16,11 @@ import torch
 import yaml
 from conftest import Crash, crash_after_saving
 
+from rst_tune._train import Trainer
 from rst_tune.cli import main
 from rst_tune.config import load_config
 from rst_tune.data import StreamingSplits, load_dataset
 from rst_tune.models import build_model
-from rst_tune.train import Trainer
 
 CONSOLE_SCRIPT = str(Path(sys.executable).parent / "rst-tune")
 

@@ -43,6 +43,7 @@ from ray.tune.schedulers import TrialScheduler
 from rst_bench.metric import Truth
 from rst_bench.searchers import STOPPING, Searcher
 from rst_bench.table import Table
+from rst_tune._train import EpochMetrics
 from rst_tune.config import TrainConfig
 from rst_tune.schedules import Schedule
 from rst_tune.search._cost_axis import CostAxis
@@ -52,7 +53,6 @@ from rst_tune.search._space import DefineByRun, points_to_evaluate
 from rst_tune.search._spec import Dimension, SearchSpec
 from rst_tune.study._confirm import candidates, confirmed_points
 from rst_tune.study._sequential import DONE, next_seed
-from rst_tune.train import EpochMetrics
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

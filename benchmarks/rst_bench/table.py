@@ -11,7 +11,7 @@ One row per (configuration, seed, epoch), every column per epoch and cumulative 
     seed_index     int8     0 … k−1; the seed trained is `seed`
     seed           int32
     epoch          int16    1 … E
-    and every metric the epoch reported (rst_tune.train.METRICS, defined there): float32, except the
+    and every metric the epoch reported (rst_tune._train.METRICS, defined there): float32, except the
     counts steps, sam_steps, propagations and world_size (int32); the counts, sam_fraction, cost_ratio,
     grst_degree, wall_s and device_seconds are cumulative over the run so far
 
@@ -36,17 +36,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rst_bench.problems import ROOT, Problem
+from rst_tune._train import METRICS
 from rst_tune.schedules import Schedule, make_schedule
 from rst_tune.search._folder import RunFolder
 from rst_tune.search._record import trial_rows
 from rst_tune.study import read_study
-from rst_tune.train import METRICS
 
 FORMAT = 1
 METADATA_KEY = b"rst_bench"
 IDENTITY = ("config", "label", "family", "expected_cost", "seed_index", "seed", "epoch")  # besides settings
 COUNTS = ("steps", "sam_steps", "propagations", "world_size")
-CURVES = {  # every metric an epoch reports (rst_tune.train.METRICS) -> its Arrow type
+CURVES = {  # every metric an epoch reports (rst_tune._train.METRICS) -> its Arrow type
     name: pa.int32() if name in COUNTS else pa.float32() for name in METRICS if name != "epoch"
 }
 

@@ -53,7 +53,7 @@ class CostAxis:
         base = spec.train_config()
         size = attrs.get(KEPT, {}).get("train_size")
         if size is None and "batch_size" in spec.dimensions:
-            from rst_tune.train import load_data
+            from rst_tune._train import load_data
 
             size = load_data(base).size("train")
         return cls(name or spec.cost, base.epochs, base.batch_size, size)

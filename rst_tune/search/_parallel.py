@@ -2,7 +2,7 @@
 (which then only drives the Train run) or by `rst-tune train workers=N`.
 
 Ray Train starts the processes and the torch.distributed group (gloo on CPU, NCCL on GPU), on one node
-or several; the engine does the rest (`rst_tune.train`). Rank 0 reports the all-reduced metrics and
+or several; the engine does the rest (`rst_tune._train`). Rank 0 reports the all-reduced metrics and
 writes the checkpoint, which any number of workers that divides the batch resumes from: in a search a
 worker that dies restarts the group from it (`max_failures`); `rst-tune train` resumes from its
 `--checkpoint` file when run again.
@@ -26,12 +26,12 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 from ray.util.placement_group import PlacementGroup
 from ray.util.queue import Empty, Queue
 
+from rst_tune._train import EpochMetrics, Trainer
 from rst_tune.config import TrainConfig, load_config
 from rst_tune.search._cluster import code_runtime_env, connect
 from rst_tune.search._record import TrialRecord
 from rst_tune.search._settings import Resources
 from rst_tune.search._trainable import CHECKPOINT_FILE, KEEP_CHECKPOINTS, divergence
-from rst_tune.train import EpochMetrics, Trainer
 
 QUIET = ray.train.LoggingConfig(log_level="WARNING")  # not a line per report and checkpoint
 PLACEMENT_GROUP = "placement_group_id"  # a data-parallel trial's result: its workers' placement group

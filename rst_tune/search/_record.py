@@ -11,8 +11,8 @@ from typing import Any
 
 import optuna
 
+from rst_tune._train import EPOCH_METRICS, EpochMetrics
 from rst_tune.config import ConfigError, TrainConfig, load_config
-from rst_tune.train import EPOCH_METRICS, EpochMetrics
 
 _PLAIN_FIELDS = ("label", "baseline", "configuration", "seed_index")  # every field but train and the number
 

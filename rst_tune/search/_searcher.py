@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from rst_tune._train import METRICS
 from rst_tune.config import ConfigError, TrainConfig
 from rst_tune.search._cost_axis import CostAxis
 from rst_tune.search._known_cost import KnownCostSampler
@@ -28,7 +29,6 @@ from rst_tune.search._optuna import take_up
 from rst_tune.search._record import TrialRecord
 from rst_tune.search._space import Coordinates, DefineByRun, points_to_evaluate
 from rst_tune.search._spec import SearchSpec
-from rst_tune.train import METRICS
 
 MAX_DRAWS = 200  # configurations drawn per trial in search of one within the budget
 

@@ -11,8 +11,8 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from rst_tune._train import check_ranks
 from rst_tune.config import ConfigError, Problem, TrainConfig, load_config, validation_problems
-from rst_tune.train import check_ranks
 
 
 class Strict(BaseModel):

@@ -14,9 +14,9 @@ import ray
 import ray.tune
 import torch
 
+from rst_tune._train import EpochMetrics, Trainer
 from rst_tune.config import ConfigError
 from rst_tune.search._record import TrialRecord
-from rst_tune.train import EpochMetrics, Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 # Ray deletes a trial's older checkpoints as soon as it registers a new one, but saves the experiment

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rst_tune._train import EpochMetrics
 from rst_tune.methods import METHODS
 from rst_tune.search._record import TrialRecord
-from rst_tune.train import EpochMetrics
 
 
 def _pyplot():

@@ -17,6 +17,7 @@ import optuna
 from mlflow.entities import Metric, Param
 from ray import tune
 
+from rst_tune._train import EPOCH_METRICS, EpochMetrics
 from rst_tune.search._folder import RunFolder
 from rst_tune.search._record import TrialRecord
 from rst_tune.search._runner import Report, RunCallback
@@ -26,7 +27,6 @@ from rst_tune.tracking._parent import child_runs, close_parent, open_parent
 from rst_tune.tracking._plots import plot_learning_curves, plot_schedule
 from rst_tune.tracking._record import TrackingRecord, tracking_uri_of
 from rst_tune.tracking._trials import flat_params, logged_history, set_status
-from rst_tune.train import EPOCH_METRICS, EpochMetrics
 
 
 def tracker_for(

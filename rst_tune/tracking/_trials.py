@@ -6,10 +6,10 @@ from typing import Any
 
 from mlflow.entities import RunTag
 
+from rst_tune._train import EPOCH_METRICS, METRICS, EpochMetrics
 from rst_tune.config import method_reads
 from rst_tune.search._record import TrialRecord
 from rst_tune.tracking._client import FAILED, GuardedClient
-from rst_tune.train import EPOCH_METRICS, METRICS, EpochMetrics
 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # Optuna state -> MLflow status
 
