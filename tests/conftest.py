@@ -1,15 +1,20 @@
-"""Shared fixtures: one local Ray for the tests that search in-process, and real MLflow servers."""
+"""Shared fixtures: one local Ray for the tests that search in-process, real MLflow servers, and Ray
+clusters of `ray start` nodes on this machine."""
 
 import os
 import pickle
+import re
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import closing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +197,110 @@ def confirmation_row(number, configuration, seed_index, val, propagations, state
         test_accuracy=val - 0.01,
     )
     return TrialRow(number, state, record, metrics, None, None, {})
+
+
+class RayNode:
+    """`ray start --block` in its own process group."""
+
+    def __init__(self, *args, cpus: float, env):
+        self.process = subprocess.Popen(
+            ["ray", "start", "--block", "--num-cpus", f"{cpus:g}", "--disable-usage-stats", *args],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+    def pids(self) -> set[int]:
+        """The node's processes: its `ray start` and every process descended from it."""
+        parents = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            parents[int(stat.parent.name)] = int(fields[1])
+        found, grown = {self.process.pid}, True
+        while grown:
+            more = {pid for pid, parent in parents.items() if parent in found} - found
+            found, grown = found | more, bool(more)
+        return found & set(parents)  # the live ones
+
+    def kill(self) -> None:
+        """SIGKILL every process of the node at once, by id, as a lost machine would vanish."""
+        for _ in range(10):  # again, for any a dying process started meanwhile
+            pids = self.pids()
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not pids:
+                break
+            time.sleep(0.2)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # `ray start --block` drains the node and stops its processes
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever of the node is left
+        except ProcessLookupError:
+            pass
+
+
+class LocalCluster:
+    """A Ray cluster of `ray start` nodes on this machine: a head with `head_cpus` CPUs, then the
+    nodes `add` starts. It stops only the processes it started."""
+
+    def __init__(self, head_cpus: float = 1):
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        self.env.pop("RAY_ADDRESS", None)
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths: at most 107 characters
+        self.head = RayNode(
+            "--head",
+            "--port",
+            str(port),
+            "--temp-dir",
+            self.temp,
+            "--include-dashboard=false",
+            cpus=head_cpus,
+            env=self.env,
+        )
+        self.nodes = [self.head]
+        self.wait_for_cpus(head_cpus)
+
+    def cpus(self) -> float | None:
+        """The CPUs of the cluster's live nodes, as `ray status` counts them (None: no answer)."""
+        status = subprocess.run(
+            ["ray", "status", "--address", self.address], env=self.env, capture_output=True, text=True
+        )
+        if status.returncode != 0:
+            return None
+        found = re.search(r"/([0-9.]+) CPU", status.stdout)
+        return float(found[1]) if found else 0.0
+
+    def wait_for_cpus(self, cpus: float, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while self.cpus() != cpus:
+            assert self.head.process.poll() is None, "the head node exited"
+            assert time.time() < deadline, f"the cluster did not reach {cpus:g} CPUs (has {self.cpus()})"
+            time.sleep(1)
+
+    def add(self, cpus: float = 1) -> RayNode:
+        before = self.cpus()
+        node = RayNode("--address", self.address, cpus=cpus, env=self.env)
+        self.nodes.append(node)
+        self.wait_for_cpus(before + cpus)
+        return node
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+        shutil.rmtree(self.temp, ignore_errors=True)

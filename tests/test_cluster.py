@@ -1,20 +1,15 @@
 """`cluster.yaml` against the installed Ray, and a search on a real 2-node Ray cluster on this machine."""
 
 import json
-import os
 import re
 import shlex
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
+from conftest import LocalCluster
 from mlflow import MlflowClient
 from mlflow.cli import cli as mlflow_cli
 from ray.autoscaler._private.util import prepare_config, validate_config
@@ -69,59 +64,12 @@ def test_every_command_in_cluster_yaml_exists():
     assert dashboard == ["--dashboard-host=127.0.0.1"]  # not exposed to the world
 
 
-class RayNode:
-    """`ray start --block` in its own process group: SIGTERM stops the node and only it."""
-
-    def __init__(self, *args, env):
-        self.process = subprocess.Popen(
-            ["ray", "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args],
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()  # `ray start --block` drains the node and stops its processes
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # whatever of the node is left
-        except ProcessLookupError:
-            pass
-
-
 @pytest.mark.slow
 def test_search_on_a_two_node_cluster_uses_both_nodes_and_shared_storage(tmp_path):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    port = free_port()
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit in 107 characters
-    head = RayNode("--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard=false", env=env)
-    nodes = [head]
+    cluster = LocalCluster(head_cpus=1)
     try:
-        address = f"127.0.0.1:{port}"
-        for _ in range(120):
-            assert head.process.poll() is None, "the head node exited"
-            if (
-                subprocess.run(
-                    ["ray", "status", "--address", address], env=env, capture_output=True
-                ).returncode
-                == 0
-            ):
-                break
-            time.sleep(1)
-        nodes.append(RayNode("--address", address, env=env))
-        for _ in range(120):
-            status = subprocess.run(
-                ["ray", "status", "--address", address], env=env, capture_output=True, text=True
-            ).stdout
-            if re.search(r"2\.0 CPU", status) or "0.0/2.0 CPU" in status:
-                break
-            time.sleep(1)
+        cluster.add(cpus=1)
+        address, env = cluster.address, cluster.env
         space = {
             "name": "cluster",
             "train": {"epochs": 2, "batch_size": 128, "device": "cpu"},
@@ -165,6 +113,4 @@ def test_search_on_a_two_node_cluster_uses_both_nodes_and_shared_storage(tmp_pat
             r.data.tags.get("rst.ray_trial_id", "") for r in runs if "mlflow.parentRunId" in r.data.tags
         ) == sorted(t.trial_id for t in trials)
     finally:
-        for node in reversed(nodes):
-            node.stop()
-        shutil.rmtree(temp, ignore_errors=True)
+        cluster.stop()

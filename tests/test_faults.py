@@ -97,7 +97,8 @@ def test_local_storage_is_refused_for_a_cluster_that_spans_machines(local_ray, t
     elsewhere = [{**nodes[0], "NodeManagerAddress": "10.0.0.7"}]
     assert spans_machines(nodes + elsewhere, here)
     head_running_nothing = [{**nodes[0], "Resources": {"CPU": 0.0, "memory": 1.0}}]
-    assert spans_machines(head_running_nothing, here)
+    assert spans_machines(head_running_nothing, here)  # its workers are still to come
+    assert not spans_machines(head_running_nothing + nodes, here)  # they came, on this machine
     with pytest.raises(
         ConfigError,
         match=f"--storage: {tmp_path} is a local .* path, but this cluster runs trials on other machines",

@@ -69,12 +69,10 @@ def filesystem_type(path: str | Path) -> str:
 
 def spans_machines(nodes: list[dict], here: str) -> bool:
     """Whether a cluster (`ray.nodes()`) runs, or will run, trials on machines other than `here`:
-    a live node elsewhere, or a head with no CPU or GPU (its workers are still to come)."""
+    a live node elsewhere, or no live node with a CPU or GPU (its workers are still to come)."""
     alive = [n for n in nodes if n["Alive"]]
-    head_runs_nothing = any(
-        n["Resources"].get("CPU", 0) == 0 and n["Resources"].get("GPU", 0) == 0 for n in alive
-    )
-    return head_runs_nothing or any(n["NodeManagerAddress"] != here for n in alive)
+    runs_trials = [n for n in alive if n["Resources"].get("CPU", 0) > 0 or n["Resources"].get("GPU", 0) > 0]
+    return not runs_trials or any(n["NodeManagerAddress"] != here for n in alive)
 
 
 def check_shared(path: str) -> None:

@@ -1,4 +1,5 @@
-"""The progress a run prints: a line when a trial starts, and one when it ends with what it reached."""
+"""The progress a run prints: a line when a trial starts, one when it ends with what it reached, and
+one when it lost its process or node and starts again from its checkpoint."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ class Progress(tune.Callback):
             f"cost {r.get('cost_ratio', float('nan')):.3f} "
             f"({r.get('wall_s', 0):.1f} s{early})"
         )
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        done = trial.last_result.get("epoch", 0)
+        start = f"the checkpoint of epoch {done}" if done else "the start"
+        line = f"lost in epoch {done + 1}, from {start} on"
+        self.out(f"  retry  {trial.trial_id}  {self._label(trial)}: {line}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = trial.last_result.get("failure", "raised an error: see error.txt in its folder")
