@@ -29,6 +29,7 @@ import optuna
 
 from rst_tune.config import ConfigError
 from rst_tune.search import load_spec, read_run, run_search
+from rst_tune.search._capacity import check_capacity
 from rst_tune.search._folder import RunFolder
 from rst_tune.search._pareto import ParetoReport
 from rst_tune.search._runner import Report, RunCallback, ended
@@ -79,8 +80,9 @@ def load(
 
 
 def check(settings: RunSettings) -> str:
-    """Load the data and build and run the model of each distinct configuration the run starts with
-    (ConfigError naming the key, before anything is started); what the run will train."""
+    """Check that the cluster config (`cluster_config`) scales to a trial's resources, and load the data
+    and build and run the model of each distinct configuration the run starts with (ConfigError naming
+    the key, before anything is started); what the run will train."""
     from rst_tune._train import preflight
 
     configs = (
@@ -91,6 +93,8 @@ def check(settings: RunSettings) -> str:
             for i in range(len(settings.configurations))
         }
     )
+    if settings.cluster_config:
+        check_capacity(settings.cluster_config, settings.resources)
     checked = set()
     for where, config in configs.items():
         build = repr(config.model_dump(include=BUILD_KEYS))

@@ -167,7 +167,7 @@ def _train_on_workers(config: TrainConfig, workers: int, args: argparse.Namespac
 
 
 # flags that set the setting of the same name
-_SETTINGS = ("name", "max_concurrent", "storage", "num_samples", "seeds")
+_SETTINGS = ("name", "max_concurrent", "storage", "shared_storage", "cluster_config", "num_samples", "seeds")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,6 +259,18 @@ def _run_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
         "--storage",
         help="where Ray keeps trials and checkpoints: s3://, gs://, or a shared path; "
         "required on a multi-node cluster (default: the run folder)",
+    )
+    parser.add_argument(
+        "--shared-storage",
+        action="store_true",
+        default=None,
+        help="every node reaches --storage although rst-tune cannot tell: skip its check",
+    )
+    parser.add_argument(
+        "--cluster-config",
+        metavar="FILE",
+        help="the Ray cluster config the cluster scales by (cluster.yaml): a trial none of its nodes "
+        "could hold is refused before anything starts",
     )
     parser.add_argument(
         "--check", action="store_true", help=f"validate the {kind}, print what it would run, start nothing"

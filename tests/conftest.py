@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 os.environ["RAY_AUTH_MODE"] = "disabled"  # local test clusters: no token under ~/.ray
 
@@ -255,14 +256,22 @@ class RayNode:
 
 class LocalCluster:
     """A Ray cluster of `ray start` nodes on this machine: a head with `head_cpus` CPUs, then the
-    nodes `add` starts. It stops only the processes it started."""
+    nodes `add` starts; or, given a Ray cluster config whose provider is Ray's `fake_multinode`,
+    the nodes Ray's autoscaler starts and stops on this machine. It stops only what it started."""
 
-    def __init__(self, head_cpus: float = 1):
+    def __init__(self, head_cpus: float = 1, autoscaling: dict | None = None):
         self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
         self.env.pop("RAY_ADDRESS", None)
         port = free_port()
         self.address = f"127.0.0.1:{port}"
         self.temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths: at most 107 characters
+        scaling = []
+        if autoscaling is not None:
+            self.config = Path(self.temp) / "autoscaling.yaml"
+            provider = {**autoscaling["provider"], "gcs_address": self.address}
+            self.config.write_text(yaml.safe_dump({**autoscaling, "provider": provider}))
+            scaling = [f"--autoscaling-config={self.config}"]
+            self.env |= {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
         self.head = RayNode(
             "--head",
             "--port",
@@ -270,6 +279,7 @@ class LocalCluster:
             "--temp-dir",
             self.temp,
             "--include-dashboard=false",
+            *scaling,
             cpus=head_cpus,
             env=self.env,
         )

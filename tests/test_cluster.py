@@ -16,6 +16,10 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.scripts.scripts import cli as ray_cli
 from ray.tune import ExperimentAnalysis
 
+from rst_tune.config import ConfigError
+from rst_tune.search._capacity import check_capacity
+from rst_tune.search._settings import Resources
+
 ROOT = Path(__file__).parent.parent
 CLUSTER = yaml.safe_load((ROOT / "cluster.yaml").read_text())
 
@@ -114,3 +118,26 @@ def test_search_on_a_two_node_cluster_uses_both_nodes_and_shared_storage(tmp_pat
         ) == sorted(t.trial_id for t in trials)
     finally:
         cluster.stop()
+
+
+def test_a_trial_no_node_of_the_cluster_config_holds_is_refused_in_one_line(tmp_path):
+    gpus = sum(
+        min(t.get("max_workers", CLUSTER["max_workers"]), CLUSTER["max_workers"])
+        * t["resources"].get("GPU", 0)
+        for name, t in CLUSTER["available_node_types"].items()
+        if name != CLUSTER["head_node_type"]
+    )
+    check_capacity(ROOT / "cluster.yaml", Resources(workers=gpus, gpu=1))  # every GPU it scales to
+    with pytest.raises(ConfigError) as refused:
+        check_capacity(ROOT / "cluster.yaml", Resources(workers=gpus + 1, gpu=1))
+    assert str(refused.value).count("\n") == 0 and str(refused.value).startswith(
+        f"resources: a trial asks for {gpus + 1} × {{CPU: 1, GPU: 1}}, but "
+    )
+    assert f"which hold {gpus}; raise max_workers" in str(refused.value)
+    detected = {**CLUSTER, "available_node_types": {"gpu": {"resources": {}, "max_workers": 1}}}
+    (tmp_path / "detected.yaml").write_text(yaml.safe_dump({**detected, "head_node_type": "gpu"}))
+    check_capacity(tmp_path / "detected.yaml", Resources(workers=64, gpu=1))  # Ray detects: can't tell
+    with pytest.raises(
+        ConfigError, match="cluster_config: .*missing.yaml: not a readable Ray cluster config"
+    ):
+        check_capacity(tmp_path / "missing.yaml", Resources())

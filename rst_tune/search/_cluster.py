@@ -83,6 +83,7 @@ def check_shared(path: str) -> None:
     if kind not in NETWORK_FILESYSTEMS and not kind.startswith("fuse."):
         raise ConfigError(
             f"{path} is a local {kind} path, but this cluster runs trials on other machines; "
-            "give storage they all reach: s3://bucket/prefix, gs://bucket/prefix, or a shared NFS mount",
+            "give storage they all reach: s3://bucket/prefix, gs://bucket/prefix, or a shared NFS mount "
+            "(shared_storage: true if they do reach this one)",
             key="--storage",
         )

@@ -84,6 +84,17 @@ class RunSettings(Strict):
         None,
         description="where Ray keeps trials and checkpoints: a path, s3://, gs://; default the run folder",
     )
+    shared_storage: bool = Field(
+        False,
+        description="every node reaches `storage` although rst-tune cannot tell (a filesystem it does not "
+        "know, or nodes that share one machine): its check is skipped",
+    )
+    cluster_config: str | None = Field(
+        None,
+        description="the Ray cluster config the cluster scales by (cluster.yaml; on a head that `ray up` "
+        "started, ~/ray_bootstrap_config.yaml): a trial none of its nodes could hold is refused before "
+        "anything starts",
+    )
     resources: Resources = Field(default_factory=Resources, description="what one trial holds")
     runtime_env: dict[str, Any] | None = Field(
         None,
