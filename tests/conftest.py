@@ -286,6 +286,21 @@ class LocalCluster:
         self.nodes = [self.head]
         self.wait_for_cpus(head_cpus)
 
+    def search(self, tmp_path: Path, values: dict, *flags: str) -> subprocess.Popen:
+        """`rst-tune search` of `values` on this cluster, its runs under tmp_path/runs and Ray's trials
+        under tmp_path/shared."""
+        file = tmp_path / f"{values['name']}.yaml"
+        file.write_text(yaml.safe_dump(values))
+        command = ["search", "--space", str(file), "--results-dir", str(tmp_path / "runs")]
+        command += ["--address", self.address, "--storage", str(tmp_path / "shared"), *flags]
+        return subprocess.Popen(
+            [sys.executable, "-m", "rst_tune.cli", *command],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
     def cpus(self) -> float | None:
         """The CPUs of the cluster's live nodes, as `ray status` counts them (None: no answer)."""
         status = subprocess.run(

@@ -2,8 +2,6 @@
 which starts and stops real Ray nodes on this machine), from zero workers as `cluster.yaml` starts;
 and a search that asks for more than the cluster can ever give, refused before it starts."""
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -59,21 +57,6 @@ def _fake_cluster() -> dict:
     }
 
 
-def _search(cluster: LocalCluster, tmp_path: Path, values: dict) -> subprocess.Popen:
-    file = tmp_path / f"{values['name']}.yaml"
-    file.write_text(yaml.safe_dump(values))
-    command = ["search", "--space", str(file), "--results-dir", str(tmp_path / "runs")]
-    command += ["--address", cluster.address, "--storage", str(tmp_path / "shared")]
-    command += ["--cluster-config", str(cluster.config)]
-    return subprocess.Popen(
-        [sys.executable, "-m", "rst_tune.cli", *command],
-        env=cluster.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 @pytest.mark.slow
 def test_workers_come_as_trials_ask_and_go_when_the_search_ends(tmp_path):
     assert CLUSTER["available_node_types"][CLUSTER["head_node_type"]]["resources"] == {"CPU": 0}
@@ -94,14 +77,19 @@ def test_workers_come_as_trials_ask_and_go_when_the_search_ends(tmp_path):
         }
         # more than 2 workers of 1 CPU can ever hold: one line, nothing started
         train = {**values["train"], "batch_size": 96}  # 32 a rank
-        search = _search(cluster, tmp_path, {**values, "train": train, "resources": {"workers": 3, "cpu": 1}})
+        search = cluster.search(
+            tmp_path,
+            {**values, "train": train, "resources": {"workers": 3, "cpu": 1}},
+            "--cluster-config",
+            str(cluster.config),
+        )
         output, _ = search.communicate(timeout=120)
         assert search.returncode == 2 and len(output.strip().splitlines()) == 1, output
         assert "resources: a trial asks for 3 × {CPU: 1}" in output and "which hold 2" in output
         assert not (tmp_path / "runs").exists() and cluster.cpus() == 0
 
-        started = time.time()
-        search, seen, first_worker = _search(cluster, tmp_path, values), 0.0, None
+        started, seen, first_worker = time.time(), 0.0, None
+        search = cluster.search(tmp_path, values, "--cluster-config", str(cluster.config))
         while search.poll() is None:
             cpus = cluster.cpus() or 0.0
             if cpus and first_worker is None:

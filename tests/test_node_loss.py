@@ -4,14 +4,11 @@ worker is SIGKILLed while a trial trains on it. The trial resumes from its last 
 search ends as an undisturbed one run a trial at a time does."""
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from conftest import LocalCluster
 from mlflow import MlflowClient
 from ray.tune import ExperimentAnalysis
@@ -34,20 +31,6 @@ def _values(name: str, resources: dict, num_samples: int, max_concurrent: int) -
         "resources": resources,
         "confirm": {"seeds": 0},
     }
-
-
-def _search(cluster: LocalCluster, tmp_path: Path, values: dict) -> subprocess.Popen:
-    file = tmp_path / f"{values['name']}.yaml"
-    file.write_text(yaml.safe_dump(values))
-    command = ["search", "--space", str(file), "--results-dir", str(tmp_path / "runs")]
-    command += ["--address", cluster.address, "--storage", str(tmp_path / "shared")]
-    return subprocess.Popen(
-        [sys.executable, "-m", "rst_tune.cli", *command],
-        env=cluster.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def _histories(trials: Path) -> dict[str, list[dict]]:
@@ -107,7 +90,7 @@ def _lose_a_node(tmp_path: Path, resources: dict, num_samples: int, replace: boo
         lost = cluster.add(cpus=1)
         cluster.add(cpus=1)  # the survivor
         values = _values("lost", resources, num_samples, max_concurrent=2)
-        search = _search(cluster, tmp_path, values)
+        search = cluster.search(tmp_path, values)
         trials_dir = tmp_path / "shared" / "lost" / "trials"
         deadline, victim = time.time() + 300, None
         while victim is None:
@@ -141,7 +124,7 @@ def _lose_a_node(tmp_path: Path, resources: dict, num_samples: int, replace: boo
             assert {r["pid"] for r in history[epoch:]}.isdisjoint({r["pid"] for r in history[:epoch]})
             assert f"retry  {victim}" in output and f"from the checkpoint of epoch {epoch} on" in output
         disturbed = _finals(tmp_path, "lost", num_samples)
-        calm = _search(cluster, tmp_path, _values("calm", resources, num_samples, 1))
+        calm = cluster.search(tmp_path, _values("calm", resources, num_samples, 1))
         output, _ = calm.communicate(timeout=600)
         assert calm.returncode == 0, output
         assert disturbed == _finals(tmp_path, "calm", num_samples)  # every trial, and so the front
