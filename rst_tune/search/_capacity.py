@@ -29,7 +29,7 @@ def check_capacity(config_file: str | Path, resources: Resources) -> None:
     except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
         problem = f"{config_file}: not a readable Ray cluster config ({err})"
         raise ConfigError(problem, key="cluster_config") from None
-    need = {"CPU": resources.cpu, **({"GPU": resources.gpu} if resources.gpu else {})}
+    need = resources.bundle()
     limit = config.get("max_workers", RAY_MAX_WORKERS)
     holds, offered = 0, []
     for name, node in types.items():

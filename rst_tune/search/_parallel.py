@@ -77,9 +77,8 @@ def train_worker(loop: dict[str, Any]) -> None:
 
 
 def _scaling(resources: Resources) -> ray.train.ScalingConfig:
-    per_worker = {"CPU": resources.cpu, **({"GPU": resources.gpu} if resources.gpu else {})}
     return ray.train.ScalingConfig(
-        num_workers=resources.workers, use_gpu=resources.gpu > 0, resources_per_worker=per_worker
+        num_workers=resources.workers, use_gpu=resources.gpu > 0, resources_per_worker=resources.bundle()
     )
 
 

@@ -150,9 +150,8 @@ def run_trials(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # progress is ours: one line per trial
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial's reason is in its line
     connect(address, runtime_env(settings))
-    if spans_machines(ray.nodes(), ray.util.get_node_ip_address()):
-        if not spec.shared_storage:
-            check_shared(spec.storage or str(folder.path))
+    if not spec.shared_storage and spans_machines(ray.nodes(), ray.util.get_node_ip_address()):
+        check_shared(spec.storage or str(folder.path))
     if not resume:
         folder.save_settings(settings.raw)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -41,6 +41,10 @@ class Resources(Strict):
             )
         return self
 
+    def bundle(self) -> dict[str, float]:
+        """One worker's resources as Ray names them: its CPUs, and its GPUs if it has any."""
+        return {"CPU": self.cpu, **({"GPU": self.gpu} if self.gpu else {})}
+
     def check(self, config: TrainConfig, key: tuple[str, ...] = ("train",)) -> None:
         """Raise ConfigError, naming the key under `key`, for what `config` cannot do on these workers."""
         if config.device.startswith("cuda") and not self.gpu:
